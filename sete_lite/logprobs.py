@@ -1,0 +1,182 @@
+"""Per-token log-probs and entropies from final hidden states, without the full logits.
+
+A policy-gradient step needs, for every completion token, log pi(o_t) and the entropy of pi(.|s_t).
+The naive way materialises (batch x length x vocabulary) logits: with Qwen's 151,936-token
+vocabulary that is 1.2 GB in float32 for just 2 x 1024 tokens, and autograd keeps several copies.
+
+`token_logprobs_and_entropy` walks the tokens in chunks, so at most one chunk of (tokens x V)
+logits (plus its softmax) exists at a time. The backward pass needs no logits at all when the
+lm_head weight is frozen (the LoRA case): the gradient of log p(y_t) with respect to hidden state
+h_t is (W[y_t] - E_p[W]) / temperature, one H-vector per token, which the forward pass computes
+chunk by chunk while the softmax is at hand. Likewise for the entropy when it needs a gradient.
+When the weight itself requires grad, the backward pass recomputes each chunk's logits instead.
+Softmax arithmetic is done in float32 whatever the input dtype (bf16 on GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Rows per chunk are chosen so one chunk holds about this many logits (64 MB in float32).
+LOGITS_PER_CHUNK = 1 << 24
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Rows per chunk so that a chunk of float32 logits takes about 64 MB."""
+    return max(1, LOGITS_PER_CHUNK // vocab_size)
+
+
+def _chunk_softmax_stats(
+    hidden_chunk: torch.Tensor, weight: torch.Tensor, ids_chunk: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For one chunk of rows: (log-probs of all tokens, probs, log p(ids), entropy), all float32."""
+    logits = (hidden_chunk @ weight.T).float()
+    if temperature != 1.0:
+        logits /= temperature
+    log_probs = torch.log_softmax(logits, dim=-1)
+    del logits
+    probs = log_probs.exp()
+    token_logp = log_probs.gather(-1, ids_chunk.unsqueeze(-1)).squeeze(-1)
+    entropy = -(probs * log_probs).sum(-1)
+    return log_probs, probs, token_logp, entropy
+
+
+def _logit_grads(
+    log_probs: torch.Tensor,
+    probs: torch.Tensor,
+    ids_chunk: torch.Tensor,
+    entropy: torch.Tensor,
+    grad_logp: torch.Tensor | None,
+    grad_entropy: torch.Tensor | None,
+) -> torch.Tensor:
+    """d(grad_logp * log p(y) + grad_entropy * H) / d(scaled logits) for one chunk, float32.
+
+    d log p(y) / dz = onehot(y) - p;  dH / dz = -p * (log p + H).
+    """
+    grad_z = torch.zeros_like(probs)
+    if grad_logp is not None:
+        grad_z -= probs * grad_logp.unsqueeze(-1)
+        grad_z.scatter_add_(-1, ids_chunk.unsqueeze(-1), grad_logp.unsqueeze(-1))
+    if grad_entropy is not None:
+        grad_z -= probs * (log_probs + entropy.unsqueeze(-1)) * grad_entropy.unsqueeze(-1)
+    return grad_z
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """Autograd function over flattened rows: hidden (N, H), weight (V, H), ids (N,)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, ids, temperature, chunk_size, entropy_grad):
+        num_rows = hidden.shape[0]
+        logp = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
+        entropy = torch.empty_like(logp)
+        # Per-row gradients w.r.t. hidden, filled only when hidden needs a gradient and the weight
+        # is frozen: then backward is a cheap (N, H) multiply instead of a logits recomputation.
+        precompute = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1]
+        dlogp_dh = torch.empty(num_rows, hidden.shape[1], dtype=torch.float32, device=hidden.device)
+        dent_dh = torch.empty_like(dlogp_dh) if entropy_grad else None
+        if not precompute:
+            dlogp_dh = dent_dh = None
+        for start in range(0, num_rows, chunk_size):
+            rows = slice(start, start + chunk_size)
+            log_probs, probs, logp[rows], entropy[rows] = _chunk_softmax_stats(
+                hidden[rows], weight, ids[rows], temperature
+            )
+            if precompute:
+                ones = torch.ones_like(logp[rows])
+                grad_z = _logit_grads(log_probs, probs, ids[rows], entropy[rows], ones, None)
+                dlogp_dh[rows] = (grad_z.to(weight.dtype) @ weight).float() / temperature
+                if entropy_grad:
+                    grad_z = _logit_grads(log_probs, probs, ids[rows], entropy[rows], None, ones)
+                    dent_dh[rows] = (grad_z.to(weight.dtype) @ weight).float() / temperature
+            del log_probs, probs
+        ctx.save_for_backward(hidden, weight, ids, dlogp_dh, dent_dh)
+        ctx.temperature, ctx.chunk_size, ctx.entropy_grad = temperature, chunk_size, entropy_grad
+        if not entropy_grad:
+            ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, ids, dlogp_dh, dent_dh = ctx.saved_tensors
+        if not ctx.entropy_grad:
+            grad_entropy = None
+        grad_hidden = grad_weight = None
+        if dlogp_dh is not None:
+            grad = dlogp_dh * grad_logp.unsqueeze(-1)
+            if grad_entropy is not None:
+                grad += dent_dh * grad_entropy.unsqueeze(-1)
+            grad_hidden = grad.to(hidden.dtype)
+        else:
+            # The weight needs a gradient too: recompute each chunk's softmax.
+            need_hidden = ctx.needs_input_grad[0]
+            grad_hidden = torch.zeros_like(hidden) if need_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            for start in range(0, hidden.shape[0], ctx.chunk_size):
+                rows = slice(start, start + ctx.chunk_size)
+                log_probs, probs, _, entropy = _chunk_softmax_stats(
+                    hidden[rows], weight, ids[rows], ctx.temperature
+                )
+                grad_z = _logit_grads(
+                    log_probs,
+                    probs,
+                    ids[rows],
+                    entropy,
+                    grad_logp[rows],
+                    None if grad_entropy is None else grad_entropy[rows],
+                )
+                grad_z = (grad_z / ctx.temperature).to(weight.dtype)
+                del log_probs, probs
+                grad_weight += (grad_z.T @ hidden[rows]).float()
+                if need_hidden:
+                    grad_hidden[rows] = grad_z @ weight
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def token_logprobs_and_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    token_ids: torch.Tensor,
+    *,
+    chunk_size: int | None = None,
+    temperature: float = 1.0,
+    entropy_requires_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log softmax(hidden @ weight.T / temperature) at token_ids, and the entropy of that softmax.
+
+    Args:
+        hidden: (B, T, H) final hidden states (after the model's last norm).
+        weight: (V, H) the lm_head matrix.
+        token_ids: (B, T) the token whose log-prob is wanted at each position.
+        chunk_size: rows (tokens) per chunk; None picks about 64 MB of float32 logits per chunk.
+        temperature: the sampling temperature the distribution is scaled by.
+        entropy_requires_grad: give the entropy a gradient (the entropy-bonus baseline needs it).
+
+    Returns:
+        (logp, entropy), both (B, T) float32. logp is differentiable w.r.t. hidden (and weight when
+        it requires grad); entropy is detached unless entropy_requires_grad.
+    """
+    if hidden.dim() != 3 or token_ids.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"hidden must be (B, T, H) and token_ids (B, T); got {tuple(hidden.shape)} "
+            f"and {tuple(token_ids.shape)}"
+        )
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"weight must be (V, {hidden.shape[2]}); got {tuple(weight.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size is None:
+        chunk_size = default_chunk_size(weight.shape[0])
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    batch, length, hidden_size = hidden.shape
+    logp, entropy = _ChunkedLogprobs.apply(
+        hidden.reshape(-1, hidden_size),
+        weight,
+        token_ids.reshape(-1),
+        float(temperature),
+        int(chunk_size),
+        bool(entropy_requires_grad),
+    )
+    return logp.view(batch, length), entropy.view(batch, length)
