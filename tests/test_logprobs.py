@@ -1,0 +1,124 @@
+"""The chunked log-prob / entropy function against a float64 full-softmax reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sete_lite.logprobs import default_chunk_size, token_logprobs_and_entropy
+
+
+def full_softmax_reference(hidden, weight, ids, temperature):
+    """log p(ids) and entropy from the full float64 logits."""
+    log_probs = torch.log_softmax(hidden.double() @ weight.double().T / temperature, dim=-1)
+    logp = log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return logp, entropy
+
+
+def make_inputs(seed, batch=3, length=7, hidden_size=16, vocab=50, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(batch, length, hidden_size, generator=g).to(dtype)
+    weight = (torch.randn(vocab, hidden_size, generator=g) / hidden_size**0.5).to(dtype)
+    ids = torch.randint(0, vocab, (batch, length), generator=g)
+    upstream_logp = torch.randn(batch, length, generator=g, dtype=torch.float64)
+    upstream_entropy = torch.randn(batch, length, generator=g, dtype=torch.float64)
+    return hidden, weight, ids, upstream_logp, upstream_entropy
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 21, 1000, None])
+@pytest.mark.parametrize("temperature", [1.0, 0.6, 1.7])
+@pytest.mark.parametrize("train_weight", [False, True])
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_values_and_gradients_match_float64(chunk_size, temperature, train_weight, entropy_grad):
+    hidden, weight, ids, up_logp, up_ent = make_inputs(seed=chunk_size or 0)
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_(train_weight)
+    logp, entropy = token_logprobs_and_entropy(
+        h, w, ids, chunk_size=chunk_size, temperature=temperature, entropy_requires_grad=entropy_grad
+    )
+    assert logp.dtype == entropy.dtype == torch.float32 and logp.shape == ids.shape
+    assert entropy.requires_grad == entropy_grad
+
+    h64 = hidden.double().requires_grad_()
+    w64 = weight.double().requires_grad_(train_weight)
+    ref_logp, ref_entropy = full_softmax_reference(h64, w64, ids, temperature)
+    torch.testing.assert_close(logp.double(), ref_logp.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy.double(), ref_entropy.detach(), rtol=1e-5, atol=1e-5)
+
+    objective = (logp.double() * up_logp).sum()
+    ref_objective = (ref_logp * up_logp).sum()
+    if entropy_grad:
+        objective = objective + (entropy.double() * up_ent).sum()
+        ref_objective = ref_objective + (ref_entropy * up_ent).sum()
+    wanted = [h, w] if train_weight else [h]
+    grads = torch.autograd.grad(objective, wanted)
+    ref_grads = torch.autograd.grad(ref_objective, [h64, w64] if train_weight else [h64])
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_only_gradient():
+    hidden, weight, ids, up_logp, _ = make_inputs(seed=3)
+    w = weight.clone().requires_grad_()
+    logp, _ = token_logprobs_and_entropy(hidden, w, ids, chunk_size=5)
+    (grad_w,) = torch.autograd.grad((logp.double() * up_logp).sum(), [w])
+    w64 = weight.double().requires_grad_()
+    ref_logp, _ = full_softmax_reference(hidden, w64, ids, 1.0)
+    (ref_grad,) = torch.autograd.grad((ref_logp * up_logp).sum(), [w64])
+    torch.testing.assert_close(grad_w.double(), ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_inputs_upcast_per_chunk():
+    hidden, weight, ids, up_logp, _ = make_inputs(seed=4, dtype=torch.bfloat16, vocab=300, hidden_size=32)
+    h = hidden.clone().requires_grad_()
+    logp, entropy = token_logprobs_and_entropy(h, weight, ids, chunk_size=4, temperature=0.8)
+    assert logp.dtype == torch.float32 and h.dtype == torch.bfloat16
+    (grad,) = torch.autograd.grad((logp.double() * up_logp).sum(), [h])
+    assert grad.dtype == torch.bfloat16
+    # The reference sees the same bf16-rounded values, so only the matmul rounding differs.
+    h64 = hidden.double().requires_grad_()
+    ref_logp, ref_entropy = full_softmax_reference(h64, weight, ids, 0.8)
+    (ref_grad,) = torch.autograd.grad((ref_logp * up_logp).sum(), [h64])
+    torch.testing.assert_close(logp.double(), ref_logp.detach(), rtol=0, atol=0.05)
+    torch.testing.assert_close(entropy.double(), ref_entropy.detach(), rtol=0, atol=0.05)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=0.05, atol=0.02)
+
+
+def test_no_grad_returns_detached_values():
+    hidden, weight, ids, _, _ = make_inputs(seed=5)
+    with torch.no_grad():
+        logp, entropy = token_logprobs_and_entropy(hidden.requires_grad_(), weight, ids, chunk_size=2)
+    ref_logp, ref_entropy = full_softmax_reference(hidden.detach(), weight, ids, 1.0)
+    assert not logp.requires_grad and not entropy.requires_grad
+    torch.testing.assert_close(logp.double(), ref_logp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy.double(), ref_entropy, rtol=1e-5, atol=1e-5)
+
+
+def test_uniform_distribution_has_log_vocab_entropy():
+    # Zero hidden states give uniform logits: log p = -log V and entropy = log V exactly.
+    vocab = 37
+    hidden = torch.zeros(2, 3, 8)
+    logp, entropy = token_logprobs_and_entropy(
+        hidden, torch.randn(vocab, 8), torch.zeros(2, 3, dtype=torch.long)
+    )
+    torch.testing.assert_close(logp, torch.full((2, 3), -torch.log(torch.tensor(vocab * 1.0)).item()))
+    torch.testing.assert_close(entropy, torch.full((2, 3), torch.log(torch.tensor(vocab * 1.0)).item()))
+
+
+def test_default_chunk_is_about_64mb_of_logits():
+    assert default_chunk_size(151_936) == 110
+    assert default_chunk_size(10) == 1_677_721
+    assert default_chunk_size(1 << 30) == 1
+
+
+def test_bad_shapes_are_value_errors():
+    hidden, weight, ids, _, _ = make_inputs(seed=6)
+    with pytest.raises(ValueError, match="token_ids"):
+        token_logprobs_and_entropy(hidden, weight, ids[:, :-1])
+    with pytest.raises(ValueError, match="weight must be"):
+        token_logprobs_and_entropy(hidden, weight[:, :-1], ids)
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs_and_entropy(hidden, weight, ids, temperature=0.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        token_logprobs_and_entropy(hidden, weight, ids, chunk_size=0)
