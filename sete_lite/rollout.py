@@ -194,9 +194,8 @@ class TransformersEngine:
             ],
             dim=1,
         )
-        rows = [
-            self._completion(ids, lps, sampling) for ids, lps in zip(new_tokens.tolist(), logprobs.tolist())
-        ]
+        pairs = zip(new_tokens.tolist(), logprobs.tolist(), strict=True)
+        rows = [self._completion(ids, lps, sampling) for ids, lps in pairs]
         return [rows[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def _completion(

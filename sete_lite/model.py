@@ -1,0 +1,273 @@
+"""Loading the policy: a (optionally 4-bit) base model with LoRA adapters, and its reference.
+
+`load_policy(cfg)` returns `(model, tokenizer)` where `model` is a PEFT model whose adapters are
+the only trainable weights. Two backends:
+
+- "unsloth" (GPU): Unsloth's FastLanguageModel. With `fast_inference` it starts vLLM first and
+  builds the training model on vLLM's own weight tensors, so rollouts need no second copy. Unsloth
+  is imported lazily, only here, and before transformers/trl have been used by this path.
+- "transformers" (GPU or CPU): AutoModelForCausalLM + peft LoRA, 4-bit NF4 through bitsandbytes.
+- "auto": unsloth when a CUDA GPU and the unsloth package are present, else transformers.
+
+The reference policy of the KL terms is the same model with its adapters switched off
+(`reference_logprobs`): no second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BACKENDS = ("auto", "unsloth", "transformers")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GPU_EXTRA = "pip install 'sete_lite[gpu]' (unsloth, unsloth_zoo, vllm)"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load, how (backend, quantisation) and its LoRA adapters."""
+
+    model_name_or_path: str = "Qwen/Qwen2.5-1.5B-Instruct"
+    backend: str = "auto"  # "auto" | "unsloth" | "transformers"
+    load_in_4bit: bool = True  # NF4 through bitsandbytes (GPU; CPU works too, slowly)
+    dtype: str = "auto"  # "auto" (bfloat16 on a GPU that supports it, else float32) or a DTYPES key
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    adapter_path: str | None = None  # resume: a directory written by model.save_pretrained
+    max_seq_length: int = 2048
+    fast_inference: bool = True  # unsloth: start vLLM on the shared weights
+    gpu_memory_utilization: float = 0.6  # unsloth/vLLM: fraction of GPU memory vLLM may take
+    vllm_standby: bool = False  # unsloth: UNSLOTH_VLLM_STANDBY=1, KV cache freed during training
+    gradient_checkpointing: bool = True
+    trust_remote_code: bool = False
+    seed: int = 0  # LoRA initialisation
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got '{self.backend}'")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got '{self.dtype}'")
+        if self.lora_r <= 0:
+            raise ValueError(f"lora_r must be positive, got {self.lora_r}")
+
+
+def unsloth_available() -> bool:
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def resolve_backend(cfg: ModelConfig) -> str:
+    """The backend `cfg` asks for, with "auto" resolved; a clear error when it cannot work here."""
+    has_gpu = torch.cuda.is_available()
+    if cfg.backend == "auto":
+        return "unsloth" if has_gpu and unsloth_available() else "transformers"
+    if cfg.backend == "unsloth":
+        if not has_gpu:
+            raise RuntimeError(
+                "backend 'unsloth' needs a CUDA GPU and none is visible; "
+                "set backend: transformers (or auto) to train on this machine"
+            )
+        if not unsloth_available():
+            raise RuntimeError(
+                f"backend 'unsloth' needs the unsloth package: {GPU_EXTRA}, or set backend: transformers"
+            )
+    return cfg.backend
+
+
+def resolve_dtype(cfg: ModelConfig) -> torch.dtype:
+    if cfg.dtype != "auto":
+        return DTYPES[cfg.dtype]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def check_model_source(name_or_path: str) -> None:
+    """Fail early on a local path that does not exist (a hub name is 'org/name' and is left alone)."""
+    if Path(name_or_path).exists():
+        return
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        raise FileNotFoundError(
+            f"model path '{name_or_path}' does not exist; give an existing directory written by "
+            "save_pretrained, or a hub name such as 'Qwen/Qwen2.5-1.5B-Instruct'"
+        )
+
+
+def check_adapter_dir(adapter_path: str, cfg: ModelConfig) -> None:
+    """A resume directory must hold a PEFT adapter whose rank matches the config."""
+    config_file = Path(adapter_path) / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"adapter_path '{adapter_path}' has no adapter_config.json; point it at a directory written "
+            "by model.save_pretrained (a LoRA checkpoint), or unset it to start fresh adapters"
+        )
+    saved = json.loads(config_file.read_text())
+    if saved.get("r") != cfg.lora_r:
+        raise ValueError(
+            f"adapter at '{adapter_path}' has LoRA rank {saved.get('r')} but lora_r is {cfg.lora_r}; "
+            "set lora_r to the saved rank to resume"
+        )
+
+
+def check_4bit_possible() -> None:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError(
+            "load_in_4bit needs bitsandbytes: pip install bitsandbytes, or set load_in_4bit: false"
+        )
+
+
+def load_policy(cfg: ModelConfig) -> tuple[Any, Any]:
+    """Load the base model with LoRA adapters (fresh, or resumed from `cfg.adapter_path`).
+
+    Returns `(model, tokenizer)`; only the adapter weights require grad. The tokenizer pads on the
+    left (generation) and always has a pad token.
+    """
+    backend = resolve_backend(cfg)  # first: unsloth must be imported before transformers is used
+    check_model_source(cfg.model_name_or_path)
+    if cfg.adapter_path is not None:
+        check_adapter_dir(cfg.adapter_path, cfg)
+    if cfg.load_in_4bit:
+        check_4bit_possible()
+    if backend == "unsloth":
+        model, tokenizer = _load_unsloth(cfg)
+    else:
+        model, tokenizer = _load_transformers(cfg)
+    if cfg.adapter_path is not None:
+        load_adapter_weights(model, cfg.adapter_path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load_transformers(cfg: ModelConfig) -> tuple[Any, Any]:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    dtype = resolve_dtype(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, **kwargs)
+    if not cfg.load_in_4bit:
+        model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
+
+    if cfg.load_in_4bit:
+        disable_cpu_4bit_repacking(model)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # reproducible lora_A init without touching the caller's RNG
+        model = get_peft_model(model, lora)
+    return model, tokenizer
+
+
+def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for AVX512-BF16 CPUs; returns modules touched.
+
+    On such CPUs the first forward pass under no_grad (e.g. a rollout) repacks every Linear4bit into
+    an inference-only layout, after which training fails ("a view of a leaf Variable that requires
+    grad ...") or LoRA gradients are silently None. It must be set before the first forward.
+    """
+    import bitsandbytes as bnb
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
+def _load_unsloth(cfg: ModelConfig) -> tuple[Any, Any]:
+    if cfg.vllm_standby:
+        # Read by unsloth at import time: vLLM's KV cache is released while the trainer runs.
+        os.environ["UNSLOTH_VLLM_STANDBY"] = "1"
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=cfg.model_name_or_path,
+        max_seq_length=cfg.max_seq_length,
+        load_in_4bit=cfg.load_in_4bit,
+        dtype=None if cfg.dtype == "auto" else DTYPES[cfg.dtype],
+        fast_inference=cfg.fast_inference,
+        max_lora_rank=cfg.lora_r,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+        random_state=cfg.seed,
+    )
+    return model, tokenizer
+
+
+def load_adapter_weights(model: Any, adapter_path: str) -> None:
+    """Copy saved LoRA weights into the model's (already created) adapters, keeping them trainable.
+
+    Going through the state dict rather than PeftModel.from_pretrained keeps one code path for both
+    backends (Unsloth has already wrapped the model with its own LoRA layers).
+    """
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    device = next(model.parameters()).device
+    result = set_peft_model_state_dict(model, load_peft_weights(adapter_path, device=str(device)))
+    missing_lora = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing_lora:
+        raise ValueError(
+            f"adapter at '{adapter_path}' does not match the model's LoRA layers "
+            f"(unexpected: {result.unexpected_keys[:3]}, missing: {missing_lora[:3]}); "
+            "check lora_target_modules against the saved adapter_config.json"
+        )
+
+
+@torch.no_grad()
+def reference_logprobs(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-token log-probs of `input_ids[:, 1:]` under the reference policy (adapters off).
+
+    Returns (batch, length - 1) float32: entry t is log pi_ref(input_ids[t + 1] | input_ids[:t + 1])
+    under log_softmax(logits / temperature). The reference is the same model inside
+    `disable_adapter()`, so it costs no second copy of the weights.
+    """
+    with model.disable_adapter():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    return logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)

