@@ -1,0 +1,300 @@
+"""Final answers, their equivalence, and the semantic entropy of a set of sampled responses.
+
+This module owns the math side of SENT's curriculum (SENT.md section 1, steps 2-4):
+- `extract_answer`: the final answer of one response (last `\\boxed{}`/`\\fbox{}`, else GSM8K `####`).
+- `cluster_answers`: responses grouped by math-verify equivalence of their final answers.
+- `semantic_entropy` / `cluster_entropy`: the entropy over those clusters, discrete or likelihood.
+- `grade_answers`: which answers match a gold answer (the pass rate of a prompt).
+
+math-verify bounds its own work with signal.alarm, which only works on the main thread and only in
+whole seconds. We switch that off and bound every parse and comparison with `time_limit`, which
+works on any thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from math_verify import parse, verify
+
+# We bound time ourselves (time_limit), so math-verify's "timeout is disabled" warning is noise.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+# One parse or one comparison of two parsed answers; sympy can spin on answers like 2^{10^{10}}.
+DEFAULT_TIMEOUT_S = 1.0
+
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_GSM8K_ANSWER = re.compile(r"####\s*([^\n]*)")
+
+
+def _braced_content(text: str, start: int) -> str | None:
+    """The text from `start` up to the brace closing an opening brace just before it; None if unclosed."""
+    depth = 1
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a response, or None when it gives none.
+
+    The content of the last `\\boxed{...}` / `\\boxed {...}` / `\\fbox{...}` (nested braces kept);
+    without a box, the text after the last GSM8K-style `####` on its line. A last box that is never
+    closed (a response cut off by the token limit) counts as no answer, not as the box before it:
+    the response did not finish stating its final answer. An empty answer is no answer.
+    """
+    boxes = list(_BOX_OPEN.finditer(text))
+    if boxes:
+        content = _braced_content(text, boxes[-1].end())
+        return content.strip() or None if content is not None else None
+    answers = _GSM8K_ANSWER.findall(text)
+    if answers:
+        # "#### 18." is common in model outputs; math-verify reads "18." as a string, not 18.
+        return answers[-1].strip().rstrip(".").strip() or None
+    return None
+
+
+class _TimeLimitExceeded(BaseException):
+    """Raised by `time_limit` when its block runs too long.
+
+    A BaseException, not an Exception: math-verify catches Exception (and its own timeout) around
+    each comparison and would otherwise carry on with the next one, unbounded.
+    """
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise `_TimeLimitExceeded` inside the block if it runs longer than `seconds` (None: no limit).
+
+    Uses a SIGALRM interval timer, so main thread only. A signal is the one thing that also stops
+    CPython's long big-integer loops (2^{10^{10}}): they check for signals, not for thread-level
+    async exceptions. Callers off the main thread go through a helper process (`_ask_helper`).
+    """
+    if seconds is None:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _TimeLimitExceeded
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class _HelperFailed(Exception):
+    """The helper process overran its time, or died."""
+
+
+_helper_lock = threading.Lock()
+_helper: subprocess.Popen | None = None
+# A fresh helper imports math-verify and sympy (a few seconds) before it answers.
+_HELPER_STARTUP_S = 30.0
+
+
+def _ask_helper(request: dict, seconds: float) -> list:
+    """Run `request` in a helper process (`python -m sete_lite.semantic`), on its main thread.
+
+    A separate process rather than a thread because only the main thread can take signals, and
+    because killing the process is the one way to stop work that ignores them. A JSON line each way.
+    """
+    global _helper
+    with _helper_lock:  # one helper, one request at a time
+        if _helper is None:
+            # The helper imports this package from where it is, installed or a plain checkout.
+            package_parent = str(Path(__file__).resolve().parent.parent)
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]),
+            }
+            _helper = subprocess.Popen(
+                [sys.executable, "-m", "sete_lite.semantic"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        _helper.stdin.write(json.dumps(request) + "\n")
+        _helper.stdin.flush()
+        ready, _, _ = select.select([_helper.stdout], [], [], seconds + _HELPER_STARTUP_S)
+        reply = _helper.stdout.readline() if ready else ""
+        if not reply:  # overran (or died): kill it, a later call starts a fresh one
+            _helper.kill()
+            _helper.wait()
+            _helper = None
+            raise _HelperFailed(f"semantic helper gave no answer within {seconds + _HELPER_STARTUP_S:.0f} s")
+        return json.loads(reply)
+
+
+def _serve_helper_requests() -> None:
+    """The helper's loop: one JSON request per stdin line, one JSON reply per stdout line."""
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "cluster":
+            reply = _cluster_by_math(request["answers"], request["timeout_s"])
+        else:
+            reply = _grade_by_math(request["gold"], request["answers"], request["timeout_s"])
+        print(json.dumps(reply), flush=True)
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse(answer: str, timeout_s: float | None) -> tuple:
+    """math-verify's parse of one extracted answer, cached: each distinct answer is parsed once."""
+    try:
+        with time_limit(timeout_s):
+            # Boxing the bare answer makes math-verify read it with its highest-priority LaTeX rule.
+            return tuple(parse("\\boxed{" + answer + "}", parsing_timeout=None))
+    except _TimeLimitExceeded:
+        return ()  # unparsable in time: it can still match identical strings
+
+
+def _equivalent(reference: str, answer: str, timeout_s: float | None) -> bool:
+    """math-verify equivalence of `answer` to `reference` (not symmetric: reference is the gold side)."""
+    if reference == answer:
+        return True
+    gold, pred = _parse(reference, timeout_s), _parse(answer, timeout_s)
+    if not gold or not pred:
+        return False
+    try:
+        with time_limit(timeout_s):
+            return verify(list(gold), list(pred), timeout_seconds=None)
+    except _TimeLimitExceeded:
+        return False
+
+
+def _cluster(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> list[int]:
+    """Labels by first appearance; an answer joins the first cluster whose first member is `same`."""
+    labels: list[int] = []
+    representatives: list[tuple[str, int]] = []  # (first member, label) of each cluster with an answer
+    num_clusters = 0
+    for answer in answers:
+        label = None
+        if answer is not None:
+            answer = answer.strip()
+            label = next((rep_label for rep, rep_label in representatives if same(rep, answer)), None)
+        if label is None:
+            label = num_clusters
+            num_clusters += 1
+            if answer is not None:
+                representatives.append((answer, label))
+        labels.append(label)
+    return labels
+
+
+def _worst_case_s(num_answers: int, timeout_s: float) -> float:
+    """Time for every answer and the gold to be parsed, and every pair compared, each at the limit."""
+    return timeout_s * (num_answers + 1 + num_answers**2)
+
+
+def _off_main_thread(timeout_s: float | None) -> bool:
+    return timeout_s is not None and threading.current_thread() is not threading.main_thread()
+
+
+def _cluster_by_math(answers: list[str | None], timeout_s: float | None) -> list[int]:
+    return _cluster(answers, lambda rep, answer: _equivalent(rep, answer, timeout_s))
+
+
+def _grade_by_math(gold: str, answers: list[str | None], timeout_s: float | None) -> list[bool]:
+    return [answer is not None and _equivalent(gold, answer.strip(), timeout_s) for answer in answers]
+
+
+def cluster_answers(
+    answers: Sequence[str | None], *, timeout_s: float | None = DEFAULT_TIMEOUT_S
+) -> list[int]:
+    """A cluster label per answer, 0..K-1 in order of first appearance.
+
+    Two answers share a cluster when math-verify finds them equivalent (`1/2`, `0.5`, `\\frac{1}{2}`);
+    None (no answer) is always a singleton. math-verify's equivalence is not always transitive, so
+    each answer is compared with the first member of each existing cluster only, in order: the
+    result does not depend on which later member happened to be compared.
+
+    Each parse and each comparison stops after `timeout_s` (then counting as "not equivalent").
+    Off the main thread the work runs in a helper process; if that whole call overruns its
+    worst case, answers cluster by identical strings only.
+    """
+    answers = list(answers)
+    if _off_main_thread(timeout_s):
+        try:
+            request = {"op": "cluster", "answers": answers, "timeout_s": timeout_s}
+            return _ask_helper(request, _worst_case_s(len(answers), timeout_s))
+        except _HelperFailed:
+            return _cluster(answers, str.__eq__)
+    return _cluster_by_math(answers, timeout_s)
+
+
+def grade_answers(
+    gold: str, answers: Sequence[str | None], *, timeout_s: float | None = DEFAULT_TIMEOUT_S
+) -> list[bool]:
+    """For each answer, whether math-verify finds it equivalent to the gold answer (None: False).
+
+    Time limits as in `cluster_answers`; the fallback off the main thread is an exact string match.
+    """
+    gold, answers = gold.strip(), list(answers)
+    if _off_main_thread(timeout_s):
+        try:
+            request = {"op": "grade", "gold": gold, "answers": answers, "timeout_s": timeout_s}
+            return _ask_helper(request, _worst_case_s(len(answers), timeout_s))
+        except _HelperFailed:
+            return [answer is not None and answer.strip() == gold for answer in answers]
+    return _grade_by_math(gold, answers, timeout_s)
+
+
+def cluster_entropy(labels: Sequence[int], weights: Sequence[float] | None = None) -> float:
+    """Natural-log entropy of the cluster distribution p_k = sum of the weights in cluster k / total.
+
+    weights None gives the discrete estimator (p_k = |C_k| / M).
+    """
+    if not labels:
+        raise ValueError("cluster_entropy needs at least one response")
+    if weights is None:
+        weights = [1.0] * len(labels)
+    if len(weights) != len(labels):
+        raise ValueError(f"{len(weights)} weights for {len(labels)} responses")
+    mass: dict[int, float] = {}
+    for label, weight in zip(labels, weights, strict=True):
+        mass[label] = mass.get(label, 0.0) + weight
+    total = sum(mass.values())
+    return -sum(m / total * math.log(m / total) for m in mass.values() if m > 0)
+
+
+def likelihood_weights(mean_logprobs: Sequence[float]) -> list[float]:
+    """exp(mean log-prob) per response, scaled by a common factor (exp(-max)) to avoid underflow."""
+    top = max(mean_logprobs)
+    return [math.exp(lp - top) for lp in mean_logprobs]
+
+
+def semantic_entropy(answers: Sequence[str | None], mean_logprobs: Sequence[float] | None = None) -> float:
+    """Semantic entropy (nats) of M responses' final answers.
+
+    Discrete estimator when `mean_logprobs` is None; otherwise the likelihood estimator of the
+    paper: each response weighs exp(its mean token log-prob) (length-normalised, as in the reference
+    semantic-entropy code), renormalised over all responses.
+    """
+    labels = cluster_answers(answers)
+    return cluster_entropy(labels, likelihood_weights(mean_logprobs) if mean_logprobs is not None else None)
+
+
+if __name__ == "__main__":
+    _serve_helper_requests()
