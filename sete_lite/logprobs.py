@@ -17,27 +17,32 @@ from __future__ import annotations
 
 import torch
 
-# Rows per chunk are chosen so one chunk holds about this many logits (64 MB in float32).
-LOGITS_PER_CHUNK = 1 << 24
+# Rows per chunk are chosen so one chunk holds about this many logits (128 MB in float32).
+LOGITS_PER_CHUNK = 1 << 25
 
 
 def default_chunk_size(vocab_size: int) -> int:
-    """Rows per chunk so that a chunk of float32 logits takes about 64 MB."""
+    """Rows per chunk so that a chunk of float32 logits takes about 128 MB."""
     return max(1, LOGITS_PER_CHUNK // vocab_size)
 
 
 def _chunk_softmax_stats(
     hidden_chunk: torch.Tensor, weight: torch.Tensor, ids_chunk: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For one chunk of rows: (log-probs of all tokens, probs, log p(ids), entropy), all float32."""
-    logits = (hidden_chunk @ weight.T).float()
+    """For one chunk of rows: (log-probs of all tokens, probs, log p(ids), entropy), all float32.
+
+    In-place arithmetic keeps two (rows x V) buffers alive, never more.
+    """
+    log_probs = (hidden_chunk @ weight.T).float()
     if temperature != 1.0:
-        logits /= temperature
-    log_probs = torch.log_softmax(logits, dim=-1)
-    del logits
-    probs = log_probs.exp()
+        log_probs /= temperature
+    row_max = log_probs.amax(dim=-1, keepdim=True)
+    probs = torch.sub(log_probs, row_max).exp_()
+    normaliser = probs.sum(dim=-1, keepdim=True)
+    probs /= normaliser
+    log_probs -= row_max + normaliser.log()
     token_logp = log_probs.gather(-1, ids_chunk.unsqueeze(-1)).squeeze(-1)
-    entropy = -(probs * log_probs).sum(-1)
+    entropy = -torch.einsum("nv,nv->n", probs, log_probs)  # no (rows x V) temporary, unlike vecdot
     return log_probs, probs, token_logp, entropy
 
 
@@ -83,12 +88,14 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 hidden[rows], weight, ids[rows], temperature
             )
             if precompute:
-                ones = torch.ones_like(logp[rows])
-                grad_z = _logit_grads(log_probs, probs, ids[rows], entropy[rows], ones, None)
-                dlogp_dh[rows] = (grad_z.to(weight.dtype) @ weight).float() / temperature
-                if entropy_grad:
-                    grad_z = _logit_grads(log_probs, probs, ids[rows], entropy[rows], None, ones)
+                if entropy_grad:  # dH/dz = -p (log p + H), needed before probs is overwritten
+                    grad_z = (log_probs + entropy[rows].unsqueeze(-1)).mul_(probs).neg_()
                     dent_dh[rows] = (grad_z.to(weight.dtype) @ weight).float() / temperature
+                    del grad_z
+                # d log p(y)/dz = onehot(y) - p, built in the probs buffer.
+                grad_z = probs.neg_()
+                grad_z.scatter_add_(-1, ids[rows].unsqueeze(-1), torch.ones_like(logp[rows]).unsqueeze(-1))
+                dlogp_dh[rows] = (grad_z.to(weight.dtype) @ weight).float() / temperature
             del log_probs, probs
         ctx.save_for_backward(hidden, weight, ids, dlogp_dh, dent_dh)
         ctx.temperature, ctx.chunk_size, ctx.entropy_grad = temperature, chunk_size, entropy_grad
@@ -149,7 +156,7 @@ def token_logprobs_and_entropy(
         hidden: (B, T, H) final hidden states (after the model's last norm).
         weight: (V, H) the lm_head matrix.
         token_ids: (B, T) the token whose log-prob is wanted at each position.
-        chunk_size: rows (tokens) per chunk; None picks about 64 MB of float32 logits per chunk.
+        chunk_size: rows (tokens) per chunk; None picks about 128 MB of float32 logits per chunk.
         temperature: the sampling temperature the distribution is scaled by.
         entropy_requires_grad: give the entropy a gradient (the entropy-bonus baseline needs it).
 

@@ -106,9 +106,9 @@ def test_uniform_distribution_has_log_vocab_entropy():
     torch.testing.assert_close(entropy, torch.full((2, 3), torch.log(torch.tensor(vocab * 1.0)).item()))
 
 
-def test_default_chunk_is_about_64mb_of_logits():
-    assert default_chunk_size(151_936) == 110
-    assert default_chunk_size(10) == 1_677_721
+def test_default_chunk_is_about_128mb_of_logits():
+    assert default_chunk_size(151_936) == 220
+    assert default_chunk_size(10) == 3_355_443
     assert default_chunk_size(1 << 30) == 1
 
 
