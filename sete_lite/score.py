@@ -1,0 +1,296 @@
+"""The semantic-entropy scoring pass: M samples per prompt from the base policy, SE per prompt.
+
+This module owns SENT.md section 1, steps 1-5 as a resumable job: `score_dataset` samples
+`num_samples` responses per prompt with the LoRA adapters off, extracts and clusters their final
+answers and records per prompt its SE (discrete and likelihood), number of clusters, pass rate and
+answers. Rows are appended to `scores.jsonl` as each batch finishes; `producer.json` records what
+produced them (model, sampling, dataset fingerprint), and a cache from another producer is refused.
+
+    python -m sete_lite.score --config configs/score_tiny.yaml [--set key=value ...]
+
+writes scores.jsonl, a histogram of SE (se_histogram.png) and the curriculum's per-stage table
+(stages.md) to `scores_dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from sete_lite.curriculum import stage_indices
+from sete_lite.rollout import Completion, RolloutEngine, SamplingConfig
+from sete_lite.semantic import (
+    DEFAULT_TIMEOUT_S,
+    cluster_answers,
+    cluster_entropy,
+    extract_answer,
+    grade_answers,
+    likelihood_weights,
+)
+
+ESTIMATORS = ("likelihood", "discrete")
+
+
+@dataclass
+class ScoreConfig:
+    """The SE scoring pass. In a combined config `seed` (and `num_stages`) are shared with training."""
+
+    num_samples: int = 8  # M responses per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    seed: int = 0
+    batch_size: int = 8  # prompts per generate call, and per append to the cache
+    scores_dir: str = "runs/se_scores"
+    num_stages: int = 2  # curriculum stages, for the per-stage table
+    se_estimator: str = "likelihood"  # which SE orders the curriculum: "likelihood" (paper) | "discrete"
+    rollout_engine: str = "transformers"  # see sete_lite.rollout.make_engine
+    answer_timeout_s: float = DEFAULT_TIMEOUT_S  # per answer parse / comparison
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.batch_size < 1 or self.max_tokens < 1 or self.num_stages < 1:
+            raise ValueError("num_samples, batch_size, max_tokens and num_stages must be at least 1")
+        if self.se_estimator not in ESTIMATORS:
+            raise ValueError(f"se_estimator must be one of {ESTIMATORS}, got '{self.se_estimator}'")
+
+
+class ProducerMismatchError(ValueError):
+    """The cache in scores_dir was produced by another model, sampling setup or dataset."""
+
+
+def dataset_fingerprint(records: list[dict]) -> str:
+    """sha256 of every record's id, prompt and gold answer, in order."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps([record["id"], record["prompt"], record["answer"]]).encode())
+    return digest.hexdigest()
+
+
+def producer_record(producer: dict[str, Any], records: list[dict], cfg: ScoreConfig) -> dict[str, Any]:
+    """What determines the scores: the caller's model description plus sampling and data."""
+    return {
+        **producer,
+        "num_samples": cfg.num_samples,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_tokens": cfg.max_tokens,
+        "seed": cfg.seed,
+        "num_prompts": len(records),
+        "dataset_fingerprint": dataset_fingerprint(records),
+    }
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a temp file in the same directory, then os.replace."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def open_cache(scores_dir: Path, producer: dict[str, Any]) -> dict[str, dict]:
+    """The rows already scored by this producer, by id; a new cache when there is none.
+
+    Rows are appended a whole line at a time, so a killed pass leaves at most one torn last line:
+    it is cut off (the file truncated to its last newline) before anything is appended.
+    """
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    producer_path, scores_path = scores_dir / "producer.json", scores_dir / "scores.jsonl"
+    if producer_path.is_file():
+        saved = json.loads(producer_path.read_text())
+        if saved != producer:
+            keys = sorted(k for k in saved.keys() | producer.keys() if saved.get(k) != producer.get(k))
+            cached, now = {k: saved.get(k) for k in keys}, {k: producer.get(k) for k in keys}
+            raise ProducerMismatchError(
+                f"{scores_dir} holds scores from another producer (cached {cached}, now {now}); "
+                "set scores_dir to a new directory, or delete the old one to rescore"
+            )
+    elif scores_path.exists():
+        raise ProducerMismatchError(f"{scores_path} exists without producer.json: unknown producer, refusing")
+    else:
+        write_atomic(producer_path, json.dumps(producer, indent=2) + "\n")
+    if not scores_path.exists():
+        return {}
+    data = scores_path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        os.truncate(scores_path, len(complete))
+    rows: dict[str, dict] = {}
+    for line in complete.decode().splitlines():
+        row = json.loads(line)
+        if row["id"] in rows:
+            raise ValueError(f"{scores_path} has two rows for id '{row['id']}'; delete it to rescore")
+        rows[row["id"]] = row
+    return rows
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append whole lines in one write, synced to disk before returning."""
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def mean_logprob(completion: Completion) -> float:
+    # A completion of zero tokens has probability 1 (an empty product): log-prob 0.
+    return sum(completion.logprobs) / len(completion.logprobs) if completion.logprobs else 0.0
+
+
+def score_prompt(
+    record: dict, completions: list[Completion], timeout_s: float = DEFAULT_TIMEOUT_S
+) -> dict[str, Any]:
+    """The cache row of one prompt from its M sampled completions."""
+    answers = [extract_answer(c.text) for c in completions]
+    labels = cluster_answers(answers, timeout_s=timeout_s)
+    mean_logprobs = [mean_logprob(c) for c in completions]
+    correct = grade_answers(record["answer"], answers, timeout_s=timeout_s)
+    return {
+        "id": record["id"],
+        "se_discrete": cluster_entropy(labels),
+        "se_likelihood": cluster_entropy(labels, likelihood_weights(mean_logprobs)),
+        "num_clusters": max(labels) + 1,
+        "pass_rate": sum(correct) / len(correct),
+        "answers": answers,
+        "clusters": labels,
+        "mean_logprobs": mean_logprobs,
+        "truncated": sum(c.finish_reason == "length" for c in completions),
+    }
+
+
+def score_dataset(
+    engine: RolloutEngine,
+    records: list[dict],
+    cfg: ScoreConfig,
+    producer: dict[str, Any],
+    *,
+    progress: bool = True,
+) -> list[dict]:
+    """Score every record (resuming from `cfg.scores_dir`); rows in the order of `records`.
+
+    `producer` describes the model (e.g. {"model": path, "load_in_4bit": True}); sampling settings
+    and a dataset fingerprint are added to it, and a cache from a different producer is refused.
+    Sampling uses the base policy: `use_adapter=False`.
+    """
+    scores_dir = Path(cfg.scores_dir)
+    done = open_cache(scores_dir, producer_record(producer, records, cfg))
+    todo = [record for record in records if record["id"] not in done]
+    with tqdm(
+        total=len(records), initial=len(records) - len(todo), unit="prompt", disable=not progress
+    ) as bar:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start : start + cfg.batch_size]
+            # Seeded per batch: a rerun from the same cache state samples the same responses (a
+            # resumed pass batches the remaining prompts differently from an uninterrupted one).
+            sampling = SamplingConfig(
+                temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed + start
+            )
+            completions = engine.generate(
+                [r["prompt"] for r in batch], cfg.num_samples, sampling, use_adapter=False
+            )
+            rows = [score_prompt(r, c, cfg.answer_timeout_s) for r, c in zip(batch, completions, strict=True)]
+            append_rows(scores_dir / "scores.jsonl", rows)
+            done.update((row["id"], row) for row in rows)
+            bar.update(len(batch))
+    return [done[record["id"]] for record in records]
+
+
+def stage_table(rows: list[dict], num_stages: int, estimator: str = "likelihood") -> list[dict[str, Any]]:
+    """Per curriculum stage: prompt count, mean and range of SE, mean pass rate."""
+    scores = [row[f"se_{estimator}"] for row in rows]
+    table = []
+    for stage, indices in enumerate(stage_indices(scores, num_stages)):
+        stage_scores = [scores[i] for i in indices]
+        table.append(
+            {
+                "stage": stage,
+                "count": len(indices),
+                "mean_se": statistics.fmean(stage_scores),
+                "min_se": min(stage_scores),
+                "max_se": max(stage_scores),
+                "mean_pass_rate": statistics.fmean(rows[i]["pass_rate"] for i in indices),
+            }
+        )
+    return table
+
+
+def format_stage_table(table: list[dict[str, Any]], estimator: str) -> str:
+    lines = [
+        f"| stage | count | mean SE ({estimator}) | SE range | mean pass rate |",
+        "|---|---|---|---|---|",
+    ]
+    for row in table:
+        lines.append(
+            f"| {row['stage']} | {row['count']} | {row['mean_se']:.3f} | "
+            f"{row['min_se']:.3f}-{row['max_se']:.3f} | {row['mean_pass_rate']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_histogram(rows: list[dict], path: Path, num_samples: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = 20
+    for estimator in ESTIMATORS:
+        ax.hist([row[f"se_{estimator}"] for row in rows], bins=bins, alpha=0.6, label=estimator)
+    ax.set_xlabel("semantic entropy (nats)")
+    ax.set_ylabel("prompts")
+    ax.set_title(f"SE of {len(rows)} prompts, M = {num_samples}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from sete_lite.config import parse_config
+    from sete_lite.data import DataConfig, load_records
+    from sete_lite.model import ModelConfig, load_policy
+    from sete_lite.rollout import make_engine
+
+    parser = argparse.ArgumentParser(description="Semantic-entropy scoring pass (SENT curriculum).")
+    parser.add_argument("--config", help="flat YAML config (model, data and scoring keys)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    args = parser.parse_args(argv)
+    model_cfg, data_cfg, cfg = parse_config([ModelConfig, DataConfig, ScoreConfig], args.config, args.set)
+
+    records = load_records(data_cfg)
+    model, tokenizer = load_policy(model_cfg)
+    engine = make_engine(cfg.rollout_engine, model, tokenizer)
+    producer = {
+        "model": model_cfg.model_name_or_path,
+        "load_in_4bit": model_cfg.load_in_4bit,
+        "dtype": model_cfg.dtype,
+    }
+    rows = score_dataset(engine, records, cfg, producer)
+
+    scores_dir = Path(cfg.scores_dir)
+    plot_histogram(rows, scores_dir / "se_histogram.png", cfg.num_samples)
+    table = format_stage_table(stage_table(rows, cfg.num_stages, cfg.se_estimator), cfg.se_estimator)
+    write_atomic(scores_dir / "stages.md", table)
+    write_atomic(
+        scores_dir / "config.json",
+        json.dumps({"model": asdict(model_cfg), "data": asdict(data_cfg), "score": asdict(cfg)}, indent=2)
+        + "\n",
+    )
+    print(table)
+    print(f"wrote {scores_dir / 'scores.jsonl'} ({len(rows)} prompts), se_histogram.png, stages.md")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
