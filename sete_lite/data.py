@@ -52,6 +52,8 @@ def _load_rows(cfg: DataConfig) -> list[dict]:
     if path.suffix in LOCAL_FORMATS:
         if not path.is_file():
             raise FileNotFoundError(f"dataset file '{path}' does not exist")
+        if path.stat().st_size == 0:  # datasets fails on it with a bare StopIteration
+            raise ValueError(f"dataset '{path}' is empty")
         dataset = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
     elif path.exists():
         raise ValueError(f"dataset file '{path}' must end in one of {sorted(LOCAL_FORMATS)}")

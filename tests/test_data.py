@@ -1,0 +1,84 @@
+"""Loading math datasets into {id, question, answer, prompt} records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sete_lite.data import DEFAULT_PROMPT_TEMPLATE, DataConfig, load_records
+from sete_lite.semantic import grade_answers
+
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "champ_math.jsonl"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_shipped_champ_problems() -> None:
+    records = load_records(DataConfig(dataset_name_or_path=str(SHIPPED)))
+    assert len(records) == 48
+    assert len({r["id"] for r in records}) == 48
+    first = records[0]
+    assert first["id"] == "P_Combinatorics_1" and first["answer"] == "239"
+    assert first["prompt"] == (
+        first["question"] + "\nPlease reason step by step, and put your final answer within \\boxed{}."
+    )
+    # every gold answer is one math-verify can read: it grades its own boxed form as correct
+    for record in records:
+        assert grade_answers(record["answer"], [record["answer"]]) == [True], record
+
+
+def test_gsm8k_and_boxed_solutions_reduce_to_the_final_answer(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "gsm.jsonl",
+        [
+            {"q": "How many clips?", "a": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72"},
+            {"q": "Half of one?", "a": "Halving gives $\\boxed{\\frac{1}{2}}$."},
+            {"q": "Plain", "a": " 18 "},
+        ],
+    )
+    cfg = DataConfig(dataset_name_or_path=str(path), question_column="q", answer_column="a", id_column=None)
+    records = load_records(cfg)
+    assert [r["answer"] for r in records] == ["72", "\\frac{1}{2}", "18"]
+    assert [r["id"] for r in records] == ["0", "1", "2"]  # row numbers without an id column
+
+
+def test_json_and_parquet_files_and_max_prompts(tmp_path: Path) -> None:
+    import datasets
+
+    rows = [{"id": i, "question": f"q{i}", "answer": str(i)} for i in range(5)]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
+    for name in ["d.json", "d.parquet"]:
+        records = load_records(DataConfig(dataset_name_or_path=str(tmp_path / name), max_prompts=3))
+        assert [(r["id"], r["answer"]) for r in records] == [("0", "0"), ("1", "1"), ("2", "2")]
+
+
+def test_custom_prompt_template(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "question": "1+1?", "answer": "2"}])
+    records = load_records(DataConfig(dataset_name_or_path=str(path), prompt_template="Q: {question}\nA:"))
+    assert records[0]["prompt"] == "Q: 1+1?\nA:"
+    assert "{question}" in DEFAULT_PROMPT_TEMPLATE
+    with pytest.raises(ValueError, match="question"):
+        DataConfig(prompt_template="no placeholder")
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_records(DataConfig(dataset_name_or_path=str(tmp_path / "missing.jsonl")))
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "problem": "1+1?", "answer": "2"}])
+    with pytest.raises(KeyError, match=r"\['question'\].*problem"):
+        load_records(DataConfig(dataset_name_or_path=str(path)))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_records(DataConfig(dataset_name_or_path=str(tmp_path / "empty.jsonl")))
+    dup = write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "question": "x", "answer": "1"}] * 2)
+    with pytest.raises(ValueError, match="duplicate id 'a'"):
+        load_records(DataConfig(dataset_name_or_path=str(dup)))
+    (tmp_path / "d.csv").write_text("id,question,answer\n")
+    with pytest.raises(ValueError, match="must end in"):
+        load_records(DataConfig(dataset_name_or_path=str(tmp_path / "d.csv")))
