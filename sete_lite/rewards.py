@@ -1,0 +1,80 @@
+"""Reward functions with TRL's signature, and the registry the config selects them from.
+
+A reward function is `f(prompts, completions, completion_ids, **kwargs) -> list[float | None]`,
+where kwargs holds every dataset column but `prompt` (so `answer`, the gold final answer, arrives
+as a list aligned with the completions). Built in:
+- accuracy: 1.0 when the completion's final answer is math-equivalent to the gold answer (math-verify).
+- format: 1.0 when the completion ends its reasoning with a complete `\\boxed{...}` answer.
+Any other function is named by import path, `package.module:function` or `package.module.function`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sete_lite.semantic import _BOX_OPEN as BOX_OPEN
+from sete_lite.semantic import extract_answer, grade_answers
+
+RewardFunction = Callable[..., list]
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a completion: a string, or TRL's conversational [{"role", "content"}] form."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(message.get("content", "") for message in completion)
+
+
+def accuracy_reward(prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any) -> list:
+    """1.0 if the final answer is math-equivalent to the dataset's `answer`, else 0.0."""
+    if "answer" not in kwargs:
+        raise ValueError(
+            "the accuracy reward needs an 'answer' column in the dataset (set answer_column in the config)"
+        )
+    answers = [extract_answer(completion_text(c)) for c in completions]
+    rewards: list[float] = [0.0] * len(completions)
+    # Completions of one prompt share its gold answer: grade each group in one call.
+    groups: dict[str, list[int]] = {}
+    for i, gold in enumerate(kwargs["answer"]):
+        groups.setdefault(str(gold), []).append(i)
+    for gold, members in groups.items():
+        verdicts = grade_answers(gold, [answers[i] for i in members])
+        for i, correct in zip(members, verdicts, strict=True):
+            rewards[i] = float(correct)
+    return rewards
+
+
+def format_reward(prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any) -> list:
+    """1.0 if the completion contains a complete `\\boxed{...}` (or `\\fbox{...}`) answer."""
+    texts = [completion_text(c) for c in completions]
+    # With any box in the text, extract_answer reads only the last box (None when it is unclosed).
+    return [float(BOX_OPEN.search(t) is not None and extract_answer(t) is not None) for t in texts]
+
+
+REWARD_FUNCTIONS: dict[str, RewardFunction] = {"accuracy": accuracy_reward, "format": format_reward}
+
+
+def import_function(path: str) -> RewardFunction:
+    """A function from `package.module:function` or `package.module.function`."""
+    module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
+    if not module_name:
+        raise ValueError(
+            f"unknown reward function '{path}': use one of {sorted(REWARD_FUNCTIONS)} "
+            "or an import path like my_package.rewards:my_reward"
+        )
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot import reward function '{path}': {error}") from error
+    if not callable(function):
+        raise ValueError(f"reward function '{path}' is not callable")
+    return function
+
+
+def resolve_reward_functions(names: Sequence[str]) -> list[RewardFunction]:
+    """Reward functions by registry name or import path, in order."""
+    if not names:
+        raise ValueError("reward_funcs is empty: name at least one reward, e.g. [accuracy]")
+    return [REWARD_FUNCTIONS[name] if name in REWARD_FUNCTIONS else import_function(name) for name in names]

@@ -1,0 +1,276 @@
+"""SENTTrainer: TRL's GRPOTrainer with SENT's loss, curriculum sampler and rollout engines.
+
+A thin subclass (open-r1 style), overriding only what SENT changes:
+- `_get_per_token_logps_and_entropies`: log-probs and entropies from the final hidden states with
+  the chunked function (sete_lite.logprobs), never the full (B, T, V) logits.
+- `_generate_and_score_completions`: adds the reference log-probs (adapters off) whenever the loss
+  needs them, and the curriculum metrics.
+- `compute_loss`: `sete_lite.loss.policy_loss` with the configured mode. Overriding `compute_loss`
+  itself means the SENT loss is what gets optimised even where Unsloth has patched TRL's loss.
+- `_get_train_sampler`: the semantic-entropy curriculum (stage by stage) in TRL's batch layout.
+Rollouts come from a sete_lite RolloutEngine through TRL's own `rollout_func` hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from sete_lite.curriculum import CurriculumSampler
+from sete_lite.logprobs import token_logprobs_and_entropy
+from sete_lite.loss import GENERIC_DEFAULTS, MODE_DEFAULTS, LossConfig, policy_loss
+from sete_lite.rollout import RolloutEngine, SamplingConfig
+
+LOSS_FIELDS = [f.name for f in dataclasses.fields(LossConfig)]
+
+
+@dataclass
+class SENTConfig(GRPOConfig):
+    """GRPOConfig plus SENT's loss and curriculum fields (TRL's names kept for everything shared).
+
+    Shared with TRL, same meaning: epsilon, epsilon_high, beta (uniform KL to the reference),
+    entropy_coef, top_entropy_quantile, num_generations, max_completion_length, temperature, ...
+    """
+
+    # The policy loss (sete_lite.loss.LossConfig; see its docstring).
+    mode: str = "sent"
+    aggregation: str = "token_mean"
+    kl_estimator: str = "k3"
+    low_entropy_quantile: float = 0.8
+    high_cov_ratio: float = 0.002
+    beta_low: float = 0.01
+    beta_high: float = 0.04
+    beta: float | None = None  # None: the mode's default (0.001 for sent_code, else 0)
+    kl_cov_ratio: float | None = None
+    ppo_kl_coef: float | None = None
+    clip_cov_ratio: float = 0.0002
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    entropy_coef: float = 0.001
+    top_entropy_quantile: float = 0.2
+    logprob_chunk_size: int | None = None
+    # The curriculum (SENT.md section 1, step 5).
+    curriculum: bool = True
+    num_stages: int = 2
+    epochs_per_stage: int = 5
+    shuffle_within_stage: bool = True
+
+    def __post_init__(self) -> None:
+        for name, value in MODE_DEFAULTS.get(self.mode, GENERIC_DEFAULTS).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        self.loss_config()  # validate the loss fields before any heavy work
+        super().__post_init__()
+
+    def loss_config(self) -> LossConfig:
+        """The LossConfig these fields describe."""
+        return LossConfig(**{name: getattr(self, name) for name in LOSS_FIELDS})
+
+
+class SENTTrainer(GRPOTrainer):
+    """GRPOTrainer optimising SENT's loss, over the curriculum, with a sete_lite rollout engine."""
+
+    def __init__(
+        self,
+        *args: Any,
+        rollout_engine: RolloutEngine | None = None,
+        curriculum_stages: Sequence[Sequence[int]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.rollout_engine = rollout_engine
+        self.curriculum_stages = curriculum_stages
+        config: SENTConfig = kwargs["args"]
+        self.loss_config = config.loss_config()
+        if rollout_engine is not None:
+            kwargs["rollout_func"] = self._rollout
+        super().__init__(*args, **kwargs)
+        self.last_loss_inputs: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Data order: the curriculum
+
+    def _get_train_sampler(self, dataset=None):
+        if self.curriculum_stages is None:
+            return super()._get_train_sampler(dataset)
+        self.curriculum_sampler = CurriculumSampler(
+            self.curriculum_stages,
+            epochs_per_stage=self.args.epochs_per_stage,
+            shuffle=self.args.shuffle_within_stage,
+            seed=self.args.seed,
+            mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+        )
+        return self.curriculum_sampler
+
+    def stage_of_step(self, step: int) -> int:
+        """The curriculum stage that optimizer step `step` (0-based) trains on."""
+        # Each micro-step draws one dataloader batch; an optimizer step is gradient_accumulation_steps of them.
+        samples_per_step = (
+            self._train_batch_size * self.args.steps_per_generation * self.args.gradient_accumulation_steps
+        )
+        position = min(step * samples_per_step, len(self.curriculum_sampler) - 1)
+        return self.curriculum_sampler.stage_at(position % len(self.curriculum_sampler))
+
+    # ------------------------------------------------------------------------------------------
+    # Rollouts
+
+    def _rollout(self, prompts: list[str], trainer: GRPOTrainer) -> dict[str, list]:
+        """TRL's rollout_func: prompts arrive as groups of num_generations identical copies."""
+        group = self.num_generations if self.model.training else self.num_generations_eval
+        unique = prompts[::group]
+        if [p for p in unique for _ in range(group)] != list(prompts):
+            raise RuntimeError("rollout batch is not made of consecutive groups of identical prompts")
+        sampling = SamplingConfig(
+            temperature=self.temperature,
+            top_p=self.args.top_p,
+            top_k=self.args.top_k or 0,
+            min_p=self.args.min_p or 0.0,
+            max_tokens=self.max_completion_length,
+            seed=self.args.seed + self.state.global_step,
+        )
+        self.model.eval()  # no dropout while sampling
+        groups = self.rollout_engine.generate(unique, group, sampling)
+        self.model.train()
+        prompt_ids = self.processing_class(unique, add_special_tokens=False)["input_ids"]
+        return {
+            "prompt_ids": [ids for ids in prompt_ids for _ in range(group)],
+            "completion_ids": [c.token_ids for completions in groups for c in completions],
+            "logprobs": [c.logprobs for completions in groups for c in completions],
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # Log-probs and entropies from hidden states, chunked over the vocabulary
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **multimodal: Any,
+    ):
+        if any(value is not None for value in multimodal.values()):
+            raise NotImplementedError("sete_lite trains text-only models; multimodal inputs are not supported")
+        causal_lm = self.accelerator.unwrap_model(model)
+        if hasattr(causal_lm, "get_base_model"):  # a PeftModel: LoRA layers live inside the base model
+            causal_lm = causal_lm.get_base_model()
+        backbone, lm_head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
+        entropy_grad = compute_entropy and self.loss_config.mode == "entropy_bonus" and torch.is_grad_enabled()
+        batch_size = batch_size or input_ids.size(0)
+        all_logps, all_entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+            with self.accelerator.autocast():
+                hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+            # The hidden state at position t predicts token t + 1.
+            logps, entropies = token_logprobs_and_entropy(
+                hidden[:, -logits_to_keep - 1 : -1],
+                lm_head.weight,
+                ids[:, -logits_to_keep:],
+                chunk_size=self.args.logprob_chunk_size,
+                temperature=self.temperature,
+                entropy_requires_grad=entropy_grad,
+            )
+            all_logps.append(logps)
+            all_entropies.append(entropies)
+        entropies = torch.cat(all_entropies) if compute_entropy else None
+        return torch.cat(all_logps), entropies, None
+
+    # ------------------------------------------------------------------------------------------
+    # Reference log-probs and curriculum metrics
+
+    def _generate_and_score_completions(self, inputs):
+        started = time.perf_counter()
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        if self.loss_config.needs_reference() and "ref_per_token_logps" not in output:
+            output["ref_per_token_logps"] = self._reference_logps(output)
+        if "stage" in inputs[0]:
+            self._metrics[mode]["curriculum/stage"].append(max(float(x["stage"]) for x in inputs))
+        if "se" in inputs[0]:
+            self._metrics[mode]["curriculum/mean_se"].append(sum(float(x["se"]) for x in inputs) / len(inputs))
+        self._metrics[mode]["rollout_time"].append(time.perf_counter() - started)
+        return output
+
+    @torch.no_grad()
+    def _reference_logps(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Log-probs of the completions under the base model: the same weights, adapters off."""
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        with self.accelerator.unwrap_model(self.model).disable_adapter():
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                input_ids,
+                attention_mask,
+                batch["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size,
+            )
+        return logps
+
+    # ------------------------------------------------------------------------------------------
+    # The loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("SENTTrainer does not return outputs")
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True
+        )
+        old_logps = inputs.get("old_per_token_logps")
+        old_logps = logps.detach() if old_logps is None else old_logps
+        loss, stats = policy_loss(
+            logps,
+            old_logps,
+            inputs.get("ref_per_token_logps"),
+            inputs["advantages"],
+            entropies,
+            completion_mask,
+            self.loss_config,
+        )
+        self.last_loss_inputs = {
+            "logp": logps.detach(),
+            "old_logp": old_logps.detach(),
+            "ref_logp": inputs.get("ref_per_token_logps"),
+            "advantages": inputs["advantages"],
+            "entropy": entropies.detach(),
+            "mask": completion_mask,
+            "loss": loss.detach(),
+        }
+        self._log_loss_stats(stats, inputs)
+        if self.model.training:  # HF's auto-scaling is off in GRPOTrainer: scale for accumulation here
+            loss = loss / self.current_gradient_accumulation_steps
+        return loss
+
+    def _log_loss_stats(self, stats: dict[str, float], inputs: dict[str, Any]) -> None:
+        """Loss statistics under TRL's metric names where TRL has one, `sent/...` otherwise."""
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        metrics["entropy"].append(stats["entropy_mean"])
+        metrics["clip_ratio"].append(stats["clip_ratio"])
+        metrics["clip_ratio/low_mean"].append(stats["clip_ratio_low"])
+        metrics["clip_ratio/high_mean"].append(stats["clip_ratio_high"])
+        metrics["clip_ratio/region_mean"].append(stats["clip_ratio"])
+        if "kl" in stats:
+            metrics["kl"].append(stats["kl"])
+        renamed = {"entropy_mean", "clip_ratio", "clip_ratio_low", "clip_ratio_high", "kl", "loss"}
+        for name, value in stats.items():
+            if name not in renamed:
+                metrics[f"sent/{name}"].append(value)
+        sampling = inputs.get("sampling_per_token_logps")
+        if sampling is not None and self.last_loss_inputs is not None:
+            mask = inputs["completion_mask"].bool()
+            gap = (sampling - self.last_loss_inputs["logp"]).abs()[mask]
+            metrics["sampling/logp_gap_mean"].append(gap.mean().item())

@@ -1,0 +1,174 @@
+"""SENTTrainer in process on a tiny random model: the loss it optimises, what it trains, every mode."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from datasets import Dataset
+
+from sete_lite.loss import MODES, policy_loss
+from sete_lite.model import ModelConfig, load_policy
+from sete_lite.rollout import TransformersEngine
+from sete_lite.trainer import SENTConfig, SENTTrainer
+
+
+def length_reward(prompts, completions, completion_ids=None, **kwargs):
+    """A reward a random model can earn unevenly: longer completions score higher."""
+    return [len(ids) / 16 for ids in completion_ids]
+
+
+def make_trainer(model_dir, tmp_path, *, steps=2, stages=None, **overrides):
+    model, tokenizer = load_policy(
+        ModelConfig(
+            model_name_or_path=str(model_dir),
+            backend="transformers",
+            load_in_4bit=False,
+            lora_r=4,
+            lora_alpha=8,
+            gradient_checkpointing=False,
+        )
+    )
+    rows = [
+        {"prompt": f"Compute {i} + {i}.", "answer": str(2 * i), "stage": int(i >= 4), "se": i / 10} for i in range(8)
+    ]
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=12,
+        learning_rate=5e-2,
+        max_steps=steps,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        epochs_per_stage=1,
+        bf16=False,
+        seed=3,
+        high_cov_ratio=0.2,
+        beta_low=0.1,
+        beta_high=0.4,
+        kl_cov_ratio=0.2,
+        clip_cov_ratio=0.2,
+        clip_cov_lb=-5.0,
+        clip_cov_ub=5.0,
+    )
+    settings.update(overrides)
+    trainer = SENTTrainer(
+        model=model,
+        reward_funcs=[length_reward],
+        args=SENTConfig(**settings),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        rollout_engine=TransformersEngine(model, tokenizer),
+        curriculum_stages=stages,
+    )
+    return trainer, model, tokenizer
+
+
+def plain_logprobs(model, input_ids, attention_mask, completion_length):
+    """Reference: one ordinary forward pass of the full logits, float64 log-softmax."""
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.double()
+    logits = logits[:, -completion_length - 1 : -1]
+    targets = input_ids[:, -completion_length:]
+    return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def test_trainer_optimises_policy_loss_on_its_own_tensors(tiny_model_dir, tmp_path):
+    trainer, model, _ = make_trainer(tiny_model_dir, tmp_path, steps=1)
+    captured = {}
+    original = trainer.compute_loss
+
+    def capture(model_, inputs, *args, **kwargs):
+        captured["inputs"] = inputs
+        return original(model_, inputs, *args, **kwargs)
+
+    trainer.compute_loss = capture
+    trainer.train()
+    seen = trainer.last_loss_inputs
+    inputs = captured["inputs"]
+    # The loss value is exactly policy_loss on those tensors with the configured LossConfig.
+    expected, _ = policy_loss(
+        seen["logp"],
+        seen["old_logp"],
+        seen["ref_logp"],
+        seen["advantages"],
+        seen["entropy"],
+        seen["mask"],
+        trainer.loss_config,
+    )
+    assert seen["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert seen["ref_logp"] is not None  # sent needs the adapters-off reference
+    # Reference log-probs: the base model (adapters off) through an ordinary forward pass.
+    input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    with model.disable_adapter():
+        reference = plain_logprobs(model, input_ids, attention, inputs["completion_ids"].size(1))
+    mask = inputs["completion_mask"].bool()
+    torch.testing.assert_close(seen["ref_logp"][mask].double(), reference[mask], rtol=1e-4, atol=1e-4)
+
+
+def test_trainer_logprobs_match_a_plain_forward_pass(tiny_model_dir, tmp_path):
+    trainer, model, tokenizer = make_trainer(tiny_model_dir, tmp_path)
+    batch = tokenizer(["Compute 1 + 1. The answer", "Compute 3 + 3. It is six"], return_tensors="pt", padding=True)
+    logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+        model, batch["input_ids"], batch["attention_mask"], 5, compute_entropy=True
+    )
+    reference = plain_logprobs(model, batch["input_ids"], batch["attention_mask"], 5)
+    torch.testing.assert_close(logps.double(), reference, rtol=1e-4, atol=1e-5)
+    assert entropies.shape == logps.shape and torch.all(entropies > 0)
+
+
+def test_only_lora_parameters_change(tiny_model_dir, tmp_path):
+    trainer, model, _ = make_trainer(tiny_model_dir, tmp_path, steps=2)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer.train()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed, "training changed nothing"
+    assert all("lora_" in name for name in changed), sorted(changed - {n for n in changed if "lora_" in n})
+    lora_b = [name for name in before if "lora_B" in name]
+    assert set(lora_b) <= changed  # every adapter moved away from its zero init
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_loss_mode_runs_through_the_trainer(tiny_model_dir, tmp_path, mode):
+    trainer, _, _ = make_trainer(tiny_model_dir, tmp_path, steps=1, mode=mode)
+    trainer.train()
+    seen = trainer.last_loss_inputs
+    assert (seen["ref_logp"] is not None) == trainer.loss_config.needs_reference()
+    expected, _ = policy_loss(
+        seen["logp"],
+        seen["old_logp"],
+        seen["ref_logp"],
+        seen["advantages"],
+        seen["entropy"],
+        seen["mask"],
+        trainer.loss_config,
+        generator=None,
+    )
+    if mode != "clip_cov":  # clip_cov draws its detached tokens at random
+        assert seen["loss"].item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-9)
+    logged = trainer.state.log_history[0]
+    for key in ("reward", "reward_std", "frac_reward_zero_std", "entropy", "clip_ratio", "step_time"):
+        assert key in logged
+
+
+def test_curriculum_trains_stage_by_stage(tiny_model_dir, tmp_path):
+    stages = [[3, 0, 2, 1], [7, 5, 4, 6]]
+    trainer, _, _ = make_trainer(tiny_model_dir, tmp_path, steps=4, stages=stages, epochs_per_stage=1)
+    trainer.train()
+    logged = [row["curriculum/stage"] for row in trainer.state.log_history if "curriculum/stage" in row]
+    assert logged == [0.0, 0.0, 1.0, 1.0]
+    assert [trainer.stage_of_step(s) for s in range(4)] == [0, 0, 1, 1]
+
+
+def test_config_validates_loss_fields_early():
+    with pytest.raises(ValueError, match="mode"):
+        SENTConfig(output_dir="x", mode="ppo", use_cpu=True)
+    cfg = SENTConfig(output_dir="x", mode="sent_code", use_cpu=True)
+    assert (cfg.beta, cfg.kl_cov_ratio, cfg.ppo_kl_coef) == (0.001, 0.0002, 0.1)
+    loss_fields = {f.name for f in dataclasses.fields(cfg.loss_config())}
+    assert loss_fields <= {f.name for f in dataclasses.fields(SENTConfig)}
