@@ -6,9 +6,11 @@ This module owns the math side of SENT's curriculum (SENT.md section 1, steps 2-
 - `semantic_entropy` / `cluster_entropy`: the entropy over those clusters, discrete or likelihood.
 - `grade_answers`: which answers match a gold answer (the pass rate of a prompt).
 
-math-verify bounds its own work with signal.alarm, which only works on the main thread and only in
-whole seconds. We switch that off and bound every parse and comparison with `time_limit`, which
-works on any thread.
+math-verify bounds its own work with signal.alarm, which only works on the main thread, only in
+whole seconds, and lets a comparison that timed out fall through to the next one. We switch that
+off and bound every parse and every comparison with `time_limit` (a SIGALRM interval timer). Off
+the main thread, where no signal can be delivered, the work moves to a helper process and runs on
+its main thread.
 """
 
 from __future__ import annotations
@@ -150,13 +152,15 @@ def _ask_helper(request: dict, seconds: float) -> list:
 
 def _serve_helper_requests() -> None:
     """The helper's loop: one JSON request per stdin line, one JSON reply per stdout line."""
+    replies, sys.stdout = sys.stdout, sys.stderr  # a stray print must not corrupt the replies
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "cluster":
             reply = _cluster_by_math(request["answers"], request["timeout_s"])
         else:
             reply = _grade_by_math(request["gold"], request["answers"], request["timeout_s"])
-        print(json.dumps(reply), flush=True)
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
 
 
 @functools.lru_cache(maxsize=16384)
