@@ -62,10 +62,8 @@ def answer_mixes(num_samples: int, num_prompts: int, seed: int = 0) -> list[list
     mixes = []
     for gold in champ_golds()[:num_prompts]:
         right, wrong = answer_forms(gold)
-        mixes.append(
-            [rng.choice(right) if u < 0.5 else rng.choice(wrong) if u < 0.8 else None
-             for u in (rng.random() for _ in range(num_samples))]
-        )  # fmt: skip
+        draws = [rng.random() for _ in range(num_samples)]
+        mixes.append([rng.choice(right) if u < 0.5 else rng.choice(wrong) if u < 0.8 else None for u in draws])
     return mixes
 
 

@@ -28,9 +28,7 @@ def stage_indices(scores: Sequence[float], num_stages: int) -> list[list[int]]:
     """Dataset indices sorted by score ascending (ties keep dataset order), cut into `num_stages`
     stages whose sizes differ by at most one (the earlier stages take the remainder)."""
     if not 1 <= num_stages <= len(scores):
-        raise ValueError(
-            f"num_stages must be between 1 and the number of prompts ({len(scores)}), got {num_stages}"
-        )
+        raise ValueError(f"num_stages must be between 1 and the number of prompts ({len(scores)}), got {num_stages}")
     if any(math.isnan(s) for s in scores):
         raise ValueError("scores contain NaN; every prompt needs a semantic entropy to be staged")
     order = sorted(range(len(scores)), key=lambda i: scores[i])  # sorted() is stable
@@ -88,8 +86,7 @@ class CurriculumSampler(Sampler[int]):
         self.position = 0
         # Indices yielded by one epoch of each stage, and where each stage starts.
         self.epoch_lengths = [
-            math.ceil(len(stage) / batch_size) * batch_size * repeat_count * mini_repeat_count
-            for stage in self.stages
+            math.ceil(len(stage) / batch_size) * batch_size * repeat_count * mini_repeat_count for stage in self.stages
         ]
         self.stage_starts = list(
             itertools.accumulate([n * epochs_per_stage for n in self.epoch_lengths[:-1]], initial=0)
@@ -113,9 +110,7 @@ class CurriculumSampler(Sampler[int]):
         """The prompt indices of one epoch of one stage, padded to a multiple of batch_size."""
         order = list(self.stages[stage])
         if self.shuffle:
-            order = [
-                order[i] for i in np.random.default_rng([self.seed, stage, epoch]).permutation(len(order))
-            ]
+            order = [order[i] for i in np.random.default_rng([self.seed, stage, epoch]).permutation(len(order))]
         padded = math.ceil(len(order) / self.batch_size) * self.batch_size
         return [order[i % len(order)] for i in range(padded)]
 

@@ -14,9 +14,7 @@ from pathlib import Path
 from sete_lite.semantic import extract_answer
 
 # The paper's evaluation prompt (SENT.md section 4), also used for training and SE scoring.
-DEFAULT_PROMPT_TEMPLATE = (
-    "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
-)
+DEFAULT_PROMPT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -74,8 +72,7 @@ def load_records(cfg: DataConfig) -> list[dict]:
     missing = [column for column in required if column not in rows[0]]
     if missing:
         raise KeyError(
-            f"dataset '{cfg.dataset_name_or_path}' has no column(s) {missing}; "
-            f"its columns are {sorted(rows[0])}"
+            f"dataset '{cfg.dataset_name_or_path}' has no column(s) {missing}; its columns are {sorted(rows[0])}"
         )
     rows = rows[: cfg.max_prompts]
     records = []

@@ -147,9 +147,7 @@ def mean_logprob(completion: Completion) -> float:
     return sum(completion.logprobs) / len(completion.logprobs) if completion.logprobs else 0.0
 
 
-def score_prompt(
-    record: dict, completions: list[Completion], timeout_s: float = DEFAULT_TIMEOUT_S
-) -> dict[str, Any]:
+def score_prompt(record: dict, completions: list[Completion], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """The cache row of one prompt from its M sampled completions."""
     answers = [extract_answer(c.text) for c in completions]
     labels = cluster_answers(answers, timeout_s=timeout_s)
@@ -174,20 +172,20 @@ def score_dataset(
     cfg: ScoreConfig,
     producer: dict[str, Any],
     *,
+    scores_dir: str | Path | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Score every record (resuming from `cfg.scores_dir`); rows in the order of `records`.
+    """Score every record, resuming from the cache; rows in the order of `records`.
 
     `producer` describes the model (e.g. {"model": path, "load_in_4bit": True}); sampling settings
     and a dataset fingerprint are added to it, and a cache from a different producer is refused.
-    Sampling uses the base policy: `use_adapter=False`.
+    The cache lives in `scores_dir` (default `cfg.scores_dir`; a trainer puts it in its run
+    directory). Sampling uses the base policy: `use_adapter=False`.
     """
-    scores_dir = Path(cfg.scores_dir)
+    scores_dir = Path(scores_dir if scores_dir is not None else cfg.scores_dir)
     done = open_cache(scores_dir, producer_record(producer, records, cfg))
     todo = [record for record in records if record["id"] not in done]
-    with tqdm(
-        total=len(records), initial=len(records) - len(todo), unit="prompt", disable=not progress
-    ) as bar:
+    with tqdm(total=len(records), initial=len(records) - len(todo), unit="prompt", disable=not progress) as bar:
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start : start + cfg.batch_size]
             # Seeded per batch: a rerun from the same cache state samples the same responses (a
@@ -195,9 +193,7 @@ def score_dataset(
             sampling = SamplingConfig(
                 temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed + start
             )
-            completions = engine.generate(
-                [r["prompt"] for r in batch], cfg.num_samples, sampling, use_adapter=False
-            )
+            completions = engine.generate([r["prompt"] for r in batch], cfg.num_samples, sampling, use_adapter=False)
             rows = [score_prompt(r, c, cfg.answer_timeout_s) for r, c in zip(batch, completions, strict=True)]
             append_rows(scores_dir / "scores.jsonl", rows)
             done.update((row["id"], row) for row in rows)
@@ -284,8 +280,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     write_atomic(scores_dir / "stages.md", table)
     write_atomic(
         scores_dir / "config.json",
-        json.dumps({"model": asdict(model_cfg), "data": asdict(data_cfg), "score": asdict(cfg)}, indent=2)
-        + "\n",
+        json.dumps({"model": asdict(model_cfg), "data": asdict(data_cfg), "score": asdict(cfg)}, indent=2) + "\n",
     )
     print(table)
     print(f"wrote {scores_dir / 'scores.jsonl'} ({len(rows)} prompts), se_histogram.png, stages.md")

@@ -224,9 +224,7 @@ def _grade_by_math(gold: str, answers: list[str | None], timeout_s: float | None
     return [answer is not None and _equivalent(gold, answer.strip(), timeout_s) for answer in answers]
 
 
-def cluster_answers(
-    answers: Sequence[str | None], *, timeout_s: float | None = DEFAULT_TIMEOUT_S
-) -> list[int]:
+def cluster_answers(answers: Sequence[str | None], *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> list[int]:
     """A cluster label per answer, 0..K-1 in order of first appearance.
 
     Two answers share a cluster when math-verify finds them equivalent (`1/2`, `0.5`, `\\frac{1}{2}`);

@@ -23,8 +23,8 @@ SHIPPED = REPO / "data" / "champ_math.jsonl"
 
 
 def completion(text: str, probs: list[float]) -> Completion:
-    return Completion(text=text, token_ids=list(range(len(probs))), logprobs=[math.log(p) for p in probs],
-                      finish_reason="stop")  # fmt: skip
+    logprobs = [math.log(p) for p in probs]
+    return Completion(text=text, token_ids=list(range(len(probs))), logprobs=logprobs, finish_reason="stop")
 
 
 class ScriptedEngine:
@@ -77,9 +77,7 @@ def test_scores_by_hand(tmp_path: Path) -> None:
         ]
     }
     engine = ScriptedEngine(script)
-    cfg = ScoreConfig(
-        num_samples=4, temperature=0.8, top_p=0.9, max_tokens=77, seed=5, scores_dir=str(tmp_path)
-    )
+    cfg = ScoreConfig(num_samples=4, temperature=0.8, top_p=0.9, max_tokens=77, scores_dir=str(tmp_path))
     [row] = score_dataset(engine, [record], cfg, {"model": "scripted"}, progress=False)
     assert row["answers"] == ["1.5", "\\frac{3}{2}", "2", None]
     assert row["clusters"] == [0, 0, 1, 2]
@@ -97,8 +95,9 @@ def test_resume_scores_only_what_is_missing(tmp_path: Path) -> None:
     records = make_records(7)
     cfg = ScoreConfig(num_samples=4, batch_size=2, scores_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="interrupted"):
-        score_dataset(ScriptedEngine(simple_script(records), fail_on_call=3), records, cfg, {"model": "m"},
-                      progress=False)  # fmt: skip
+        score_dataset(
+            ScriptedEngine(simple_script(records), fail_on_call=3), records, cfg, {"model": "m"}, progress=False
+        )
     assert [r["id"] for r in read_rows(tmp_path)] == ["p0", "p1", "p2", "p3"]  # two whole batches
 
     engine = ScriptedEngine(simple_script(records))
@@ -113,14 +112,18 @@ def test_resume_scores_only_what_is_missing(tmp_path: Path) -> None:
     again = ScriptedEngine(simple_script(records))
     assert score_dataset(again, records, cfg, {"model": "m"}, progress=False) == rows
     assert again.calls == []  # fully cached
+    elsewhere = ScriptedEngine(simple_script(records))
+    score_dataset(elsewhere, records, cfg, {"model": "m"}, scores_dir=tmp_path / "run", progress=False)
+    assert len(elsewhere.calls) == 4 and len(read_rows(tmp_path / "run")) == 7  # another cache
 
 
 def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
     records = make_records(5)
     cfg = ScoreConfig(num_samples=4, batch_size=2, scores_dir=str(tmp_path))
     with pytest.raises(RuntimeError):
-        score_dataset(ScriptedEngine(simple_script(records), fail_on_call=2), records, cfg, {"model": "m"},
-                      progress=False)  # fmt: skip
+        score_dataset(
+            ScriptedEngine(simple_script(records), fail_on_call=2), records, cfg, {"model": "m"}, progress=False
+        )
     with open(tmp_path / "scores.jsonl", "a") as f:
         f.write('{"id": "p2", "se_discrete": 0.1, "answ')  # a write cut short by a kill
     engine = ScriptedEngine(simple_script(records))
@@ -143,7 +146,7 @@ def test_another_producer_is_refused(tmp_path: Path) -> None:
         (cfg, records, {"model": "other"}, "model"),
         (cfg, records[:2], m, "dataset_fingerprint"),
         (cfg, [{**records[0], "answer": "9"}, *records[1:]], m, "dataset_fingerprint"),
-    ]  # fmt: skip
+    ]
     for other_cfg, other_records, producer, key in changes:
         with pytest.raises(ProducerMismatchError, match=key):
             score_dataset(engine, other_records, other_cfg, producer, progress=False)
@@ -178,8 +181,7 @@ def count_lines(path: Path) -> int:
 
 def test_kill_9_mid_pass_then_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
     scores_dir = tmp_path / "scores"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, scores_dir, max_prompts=20, batch_size=1,
-                          max_tokens=64)  # fmt: skip
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, scores_dir, max_prompts=20, batch_size=1, max_tokens=64)
     command = [sys.executable, "-m", "sete_lite.score", "--config", str(config)]
     # One thread: a tiny model gains nothing from more, and threads fighting over a busy CI machine's
     # two cores make each decoding step ~50x slower.
@@ -210,9 +212,8 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def test_cli_end_to_end_with_a_tiny_model(
-    tmp_path: Path, tiny_model_dir: Path, one_torch_thread: None
-) -> None:
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cli_end_to_end_with_a_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     scores_dir = tmp_path / "scores"
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, scores_dir, max_prompts=6)
     rows = main(["--config", str(config), "--set", "num_stages=3"])
