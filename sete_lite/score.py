@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import statistics
 from dataclasses import asdict, dataclass
@@ -240,9 +241,12 @@ def plot_histogram(rows: list[dict], path: Path, num_samples: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = 20
-    for estimator in ESTIMATORS:
-        ax.hist([row[f"se_{estimator}"] for row in rows], bins=bins, alpha=0.6, label=estimator)
+    # SE lies in [0, log M] (log M: all answers distinct), up to float rounding at the top.
+    values = [[row[f"se_{estimator}"] for row in rows] for estimator in ESTIMATORS]
+    top = max(math.log(num_samples), *values[0], *values[1])
+    bins = [top * i / 20 for i in range(21)]
+    # the two estimators as side-by-side bars per bin
+    ax.hist(values, bins=bins, label=list(ESTIMATORS))
     ax.set_xlabel("semantic entropy (nats)")
     ax.set_ylabel("prompts")
     ax.set_title(f"SE of {len(rows)} prompts, M = {num_samples}")
