@@ -92,6 +92,11 @@ def main() -> None:
         gap_on_2 = max_gap(model, tokenizer, on_2, use_adapter=True)
         stop = ["a", "e", "1"]
         stopped = flat(engine.generate(PROMPTS, 4, SamplingConfig(max_tokens=40, seed=0, stop=stop)))
+        try:  # more prompt tokens than one scheduler step holds: a clear error, not a worker crash
+            engine.generate(PROMPTS * 50, 8, sampling)
+            overflow_error = ""
+        except ValueError as error:
+            overflow_error = str(error)
         report = {
             "vllm_init_s": round(init_s, 1),
             "completions_per_call": len(flat(on_1)),
@@ -100,10 +105,8 @@ def main() -> None:
             "max_logprob_gap_adapter_on": gap_on_1,
             "max_logprob_gap_adapter_off": gap_off,
             "max_logprob_gap_after_lora_change": gap_on_2,
-            "adapter_on_differs_from_off": [c.token_ids for c in flat(on_1)]
-            != [c.token_ids for c in flat(off)],
-            "generations_changed_with_lora": [c.token_ids for c in flat(on_1)]
-            != [c.token_ids for c in flat(on_2)],
+            "adapter_on_differs_from_off": [c.token_ids for c in flat(on_1)] != [c.token_ids for c in flat(off)],
+            "generations_changed_with_lora": [c.token_ids for c in flat(on_1)] != [c.token_ids for c in flat(on_2)],
             "first_logprobs_changed_with_lora": [c.logprobs[0] for c in flat(on_1)]
             != [c.logprobs[0] for c in flat(on_2)],
             "stop_string_finishes": sum(c.finish_reason == "stop" for c in stopped),
@@ -113,6 +116,7 @@ def main() -> None:
                 for c in stopped
                 if c.finish_reason == "stop"
             ),
+            "seeded_overflow_error": overflow_error,
             "example": {"prompt": PROMPTS[1], "text": on_1[1][0].text, "logprobs": on_1[1][0].logprobs[:5]},
         }
     print("VLLM_CPU_CHECK " + json.dumps(report))

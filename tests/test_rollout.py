@@ -102,8 +102,9 @@ def test_left_padding_does_not_change_greedy_completions(policy):
     model, tokenizer = policy
     engine = TransformersEngine(model, tokenizer)
     greedy = SamplingConfig(temperature=0.0, max_tokens=10)
-    batched = engine.generate(PROMPTS, 1, greedy)
+    batched = engine.generate(PROMPTS, 2, greedy)
     for prompt, group in zip(PROMPTS, batched, strict=True):
+        assert len(group) == 2 and group[0] == group[1]  # n greedy completions are n copies
         alone = engine.generate([prompt], 1, greedy)[0][0]
         assert alone.token_ids == group[0].token_ids
         torch.testing.assert_close(

