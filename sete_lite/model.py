@@ -15,6 +15,7 @@ The reference policy of the KL terms is the same model with its adapters switche
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -121,9 +122,7 @@ def check_adapter_dir(adapter_path: str, cfg: ModelConfig) -> None:
 
 def check_4bit_possible() -> None:
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise RuntimeError(
-            "load_in_4bit needs bitsandbytes: pip install bitsandbytes, or set load_in_4bit: false"
-        )
+        raise RuntimeError("load_in_4bit needs bitsandbytes: pip install bitsandbytes, or set load_in_4bit: false")
 
 
 def load_policy(cfg: ModelConfig) -> tuple[Any, Any]:
@@ -133,6 +132,9 @@ def load_policy(cfg: ModelConfig) -> tuple[Any, Any]:
     left (generation) and always has a pad token.
     """
     backend = resolve_backend(cfg)  # first: unsloth must be imported before transformers is used
+    from sete_lite.tiny import resolve_builtin
+
+    cfg = dataclasses.replace(cfg, model_name_or_path=resolve_builtin(cfg.model_name_or_path))
     check_model_source(cfg.model_name_or_path)
     if cfg.adapter_path is not None:
         check_adapter_dir(cfg.adapter_path, cfg)

@@ -240,7 +240,8 @@ class _VLLMEngineBase:
         self.eos_ids = eos_token_ids(model, tokenizer)
         # "processed_logprobs" = after temperature (and truncation); the default "raw_logprobs" is the
         # untempered softmax, which differs from what the trainer recomputes when temperature != 1.
-        self.tempered_logprobs = llm.llm_engine.model_config.logprobs_mode == "processed_logprobs"
+        mode = getattr(llm.llm_engine.model_config, "logprobs_mode", "raw_logprobs")  # vLLM < 0.10.2: none
+        self.tempered_logprobs = mode == "processed_logprobs"
 
     def sampling_params(self, n: int, sampling: SamplingConfig) -> Any:
         from vllm import SamplingParams
@@ -341,7 +342,9 @@ class VLLMEngine(_VLLMEngineBase):
     It holds its own copy of the base weights (loaded from `model_name_or_path`), never touched
     after start-up: the policy reaches it only as a LoRA adapter, saved to a temporary directory
     at every call and passed as a LoRARequest with a new id. This avoids the merge/load_weights
-    sync that breaks with a 4-bit base (trl 3654, 4973).
+    sync that breaks with a 4-bit base (trl 3654, 4973). With a 4-bit policy, vLLM's copy is the
+    full-precision checkpoint unless `quantization="bitsandbytes"` is passed (an `llm_kwargs`):
+    then both sample from NF4 weights and the sampling/recompute log-prob gap stays small.
     """
 
     def __init__(
@@ -411,11 +414,17 @@ ENGINES = ("transformers", "vllm", "unsloth")
 
 
 def make_engine(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
-    """The rollout engine named by a config switch ("transformers" | "vllm" | "unsloth")."""
+    """The rollout engine named by a config switch ("auto" | "transformers" | "vllm" | "unsloth").
+
+    "auto" is Unsloth's shared-weight vLLM when the policy carries one (backend unsloth with
+    fast_inference), else transformers generate.
+    """
+    if name == "auto":
+        name = "unsloth" if getattr(model, "vllm_engine", None) is not None else "transformers"
     if name == "transformers":
         return TransformersEngine(model, tokenizer, **kwargs)
     if name == "vllm":
         return VLLMEngine(model, tokenizer, **kwargs)
     if name == "unsloth":
         return UnslothVLLMEngine(model, tokenizer, **kwargs)
-    raise ValueError(f"rollout engine must be one of {ENGINES}, got '{name}'")
+    raise ValueError(f"rollout engine must be 'auto' or one of {ENGINES}, got '{name}'")

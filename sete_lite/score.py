@@ -42,23 +42,24 @@ ESTIMATORS = ("likelihood", "discrete")
 
 @dataclass
 class ScoreConfig:
-    """The SE scoring pass. In a combined config `seed` (and `num_stages`) are shared with training."""
+    """The SE scoring pass. Its sampling keys carry an `se_` prefix so that a combined training config
+    can sample SE and rollouts differently; `seed`, `num_stages` and `rollout_engine` are shared."""
 
-    num_samples: int = 8  # M responses per prompt
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 1024
+    se_num_samples: int = 8  # M responses per prompt
+    se_temperature: float = 1.0
+    se_top_p: float = 1.0
+    se_max_tokens: int = 1024
     seed: int = 0
-    batch_size: int = 8  # prompts per generate call, and per append to the cache
-    scores_dir: str = "runs/se_scores"
+    se_batch_size: int = 8  # prompts per generate call, and per append to the cache
+    se_scores_dir: str = "runs/se_scores"
     num_stages: int = 2  # curriculum stages, for the per-stage table
     se_estimator: str = "likelihood"  # which SE orders the curriculum: "likelihood" (paper) | "discrete"
-    rollout_engine: str = "transformers"  # see sete_lite.rollout.make_engine
+    rollout_engine: str = "auto"  # see sete_lite.rollout.make_engine
     answer_timeout_s: float = DEFAULT_TIMEOUT_S  # per answer parse / comparison
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.batch_size < 1 or self.max_tokens < 1 or self.num_stages < 1:
-            raise ValueError("num_samples, batch_size, max_tokens and num_stages must be at least 1")
+        if min(self.se_num_samples, self.se_batch_size, self.se_max_tokens, self.num_stages) < 1:
+            raise ValueError("se_num_samples, se_batch_size, se_max_tokens and num_stages must be at least 1")
         if self.se_estimator not in ESTIMATORS:
             raise ValueError(f"se_estimator must be one of {ESTIMATORS}, got '{self.se_estimator}'")
 
@@ -79,10 +80,10 @@ def producer_record(producer: dict[str, Any], records: list[dict], cfg: ScoreCon
     """What determines the scores: the caller's model description plus sampling and data."""
     return {
         **producer,
-        "num_samples": cfg.num_samples,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-        "max_tokens": cfg.max_tokens,
+        "num_samples": cfg.se_num_samples,
+        "temperature": cfg.se_temperature,
+        "top_p": cfg.se_top_p,
+        "max_tokens": cfg.se_max_tokens,
         "seed": cfg.seed,
         "num_prompts": len(records),
         "dataset_fingerprint": dataset_fingerprint(records),
@@ -180,21 +181,21 @@ def score_dataset(
 
     `producer` describes the model (e.g. {"model": path, "load_in_4bit": True}); sampling settings
     and a dataset fingerprint are added to it, and a cache from a different producer is refused.
-    The cache lives in `scores_dir` (default `cfg.scores_dir`; a trainer puts it in its run
+    The cache lives in `scores_dir` (default `cfg.se_scores_dir`; a trainer puts it in its run
     directory). Sampling uses the base policy: `use_adapter=False`.
     """
-    scores_dir = Path(scores_dir if scores_dir is not None else cfg.scores_dir)
+    scores_dir = Path(scores_dir if scores_dir is not None else cfg.se_scores_dir)
     done = open_cache(scores_dir, producer_record(producer, records, cfg))
     todo = [record for record in records if record["id"] not in done]
     with tqdm(total=len(records), initial=len(records) - len(todo), unit="prompt", disable=not progress) as bar:
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start : start + cfg.batch_size]
+        for start in range(0, len(todo), cfg.se_batch_size):
+            batch = todo[start : start + cfg.se_batch_size]
             # Seeded per batch: a rerun from the same cache state samples the same responses (a
             # resumed pass batches the remaining prompts differently from an uninterrupted one).
             sampling = SamplingConfig(
-                temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed + start
+                temperature=cfg.se_temperature, top_p=cfg.se_top_p, max_tokens=cfg.se_max_tokens, seed=cfg.seed + start
             )
-            completions = engine.generate([r["prompt"] for r in batch], cfg.num_samples, sampling, use_adapter=False)
+            completions = engine.generate([r["prompt"] for r in batch], cfg.se_num_samples, sampling, use_adapter=False)
             rows = [score_prompt(r, c, cfg.answer_timeout_s) for r, c in zip(batch, completions, strict=True)]
             append_rows(scores_dir / "scores.jsonl", rows)
             done.update((row["id"], row) for row in rows)
@@ -256,6 +257,19 @@ def plot_histogram(rows: list[dict], path: Path, num_samples: int) -> None:
     plt.close(fig)
 
 
+def model_producer(model_cfg: Any) -> dict[str, Any]:
+    """What identifies the base policy in the cache's producer record (scores are valid for it only)."""
+    return {"model": model_cfg.model_name_or_path, "load_in_4bit": model_cfg.load_in_4bit, "dtype": model_cfg.dtype}
+
+
+def write_score_report(rows: list[dict], scores_dir: Path, cfg: ScoreConfig) -> str:
+    """The SE histogram (PNG) and the per-stage table (markdown) next to the scores; returns the table."""
+    plot_histogram(rows, scores_dir / "se_histogram.png", cfg.se_num_samples)
+    table = format_stage_table(stage_table(rows, cfg.num_stages, cfg.se_estimator), cfg.se_estimator)
+    write_atomic(scores_dir / "stages.md", table)
+    return table
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     from sete_lite.config import parse_config
     from sete_lite.data import DataConfig, load_records
@@ -271,17 +285,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = load_records(data_cfg)
     model, tokenizer = load_policy(model_cfg)
     engine = make_engine(cfg.rollout_engine, model, tokenizer)
-    producer = {
-        "model": model_cfg.model_name_or_path,
-        "load_in_4bit": model_cfg.load_in_4bit,
-        "dtype": model_cfg.dtype,
-    }
-    rows = score_dataset(engine, records, cfg, producer)
+    rows = score_dataset(engine, records, cfg, model_producer(model_cfg))
 
-    scores_dir = Path(cfg.scores_dir)
-    plot_histogram(rows, scores_dir / "se_histogram.png", cfg.num_samples)
-    table = format_stage_table(stage_table(rows, cfg.num_stages, cfg.se_estimator), cfg.se_estimator)
-    write_atomic(scores_dir / "stages.md", table)
+    scores_dir = Path(cfg.se_scores_dir)
+    table = write_score_report(rows, scores_dir, cfg)
     write_atomic(
         scores_dir / "config.json",
         json.dumps({"model": asdict(model_cfg), "data": asdict(data_cfg), "score": asdict(cfg)}, indent=2) + "\n",

@@ -13,6 +13,8 @@ fast, while LaTeX answers such as `\\boxed{\\frac{1}{2}}` still round-trip exact
 
 from __future__ import annotations
 
+import os
+import shutil
 import string
 from pathlib import Path
 
@@ -47,9 +49,7 @@ def build_tokenizer() -> Qwen2Tokenizer:
     """
     chars = [c for c in string.printable if c not in "\r\x0b\x0c"]  # keeps ' ', '\n', '\t'
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + [_byte_level(c) for c in chars])}
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=[], eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, unk_token=PAD_TOKEN
-    )
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, unk_token=PAD_TOKEN)
     # Qwen2Tokenizer registers only eos/pad/unk as special: add the chat markers so they encode as
     # single tokens and decode(skip_special_tokens=True) drops them.
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
@@ -104,3 +104,29 @@ def build_tiny_model(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = {"tiny-qwen2": build_tiny_model}
+
+
+def resolve_builtin(name_or_path: str, cache_dir: str | Path | None = None) -> str:
+    """A `builtin:NAME` model becomes a local directory, built on first use; anything else is returned as is.
+
+    Built models are cached under `cache_dir` (default $SETE_LITE_CACHE or ~/.cache/sete_lite) and
+    written to a temporary sibling first, so an interrupted build is never mistaken for a model.
+    """
+    if not name_or_path.startswith(BUILTIN_PREFIX):
+        return name_or_path
+    name = name_or_path[len(BUILTIN_PREFIX) :]
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model '{name}'; built-in models: {sorted(BUILTIN_MODELS)}")
+    cache = Path(cache_dir or os.environ.get("SETE_LITE_CACHE", "~/.cache/sete_lite")).expanduser()
+    target = cache / name
+    if not (target / "config.json").exists():
+        partial = cache / f".{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        BUILTIN_MODELS[name](partial)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+    return str(target)

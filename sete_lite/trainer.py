@@ -55,7 +55,7 @@ class SENTConfig(GRPOConfig):
     entropy_coef: float = 0.001
     top_entropy_quantile: float = 0.2
     logprob_chunk_size: int | None = None
-    # The curriculum (SENT.md section 1, step 5).
+    # The curriculum (SENT.md section 1, step 5); with it, epochs_per_stage replaces num_train_epochs.
     curriculum: bool = True
     num_stages: int = 2
     epochs_per_stage: int = 5
@@ -66,6 +66,9 @@ class SENTConfig(GRPOConfig):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         self.loss_config()  # validate the loss fields before any heavy work
+        if self.curriculum:
+            # One pass of the curriculum sampler is the whole run: num_stages x epochs_per_stage.
+            self.num_train_epochs = 1
         super().__post_init__()
 
     def loss_config(self) -> LossConfig:

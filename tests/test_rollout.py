@@ -204,7 +204,9 @@ def test_use_adapter_false_on_plain_model_is_an_error(tiny_model_dir):
 def test_make_engine_switch(policy):
     model, tokenizer = policy
     assert isinstance(make_engine("transformers", model, tokenizer), TransformersEngine)
-    with pytest.raises(ValueError, match="must be one of"):
+    # auto: a policy without Unsloth's shared vLLM engine samples with transformers generate.
+    assert isinstance(make_engine("auto", model, tokenizer), TransformersEngine)
+    with pytest.raises(ValueError, match="'auto' or one of"):
         make_engine("sglang", model, tokenizer)
 
 

@@ -77,7 +77,7 @@ def test_scores_by_hand(tmp_path: Path) -> None:
         ]
     }
     engine = ScriptedEngine(script)
-    cfg = ScoreConfig(num_samples=4, temperature=0.8, top_p=0.9, max_tokens=77, scores_dir=str(tmp_path))
+    cfg = ScoreConfig(se_num_samples=4, se_temperature=0.8, se_top_p=0.9, se_max_tokens=77, se_scores_dir=str(tmp_path))
     [row] = score_dataset(engine, [record], cfg, {"model": "scripted"}, progress=False)
     assert row["answers"] == ["1.5", "\\frac{3}{2}", "2", None]
     assert row["clusters"] == [0, 0, 1, 2]
@@ -93,7 +93,7 @@ def test_scores_by_hand(tmp_path: Path) -> None:
 
 def test_resume_scores_only_what_is_missing(tmp_path: Path) -> None:
     records = make_records(7)
-    cfg = ScoreConfig(num_samples=4, batch_size=2, scores_dir=str(tmp_path))
+    cfg = ScoreConfig(se_num_samples=4, se_batch_size=2, se_scores_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="interrupted"):
         score_dataset(
             ScriptedEngine(simple_script(records), fail_on_call=3), records, cfg, {"model": "m"}, progress=False
@@ -119,7 +119,7 @@ def test_resume_scores_only_what_is_missing(tmp_path: Path) -> None:
 
 def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
     records = make_records(5)
-    cfg = ScoreConfig(num_samples=4, batch_size=2, scores_dir=str(tmp_path))
+    cfg = ScoreConfig(se_num_samples=4, se_batch_size=2, se_scores_dir=str(tmp_path))
     with pytest.raises(RuntimeError):
         score_dataset(
             ScriptedEngine(simple_script(records), fail_on_call=2), records, cfg, {"model": "m"}, progress=False
@@ -134,15 +134,15 @@ def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
 
 def test_another_producer_is_refused(tmp_path: Path) -> None:
     records = make_records(3)
-    cfg = ScoreConfig(num_samples=4, scores_dir=str(tmp_path))
+    cfg = ScoreConfig(se_num_samples=4, se_scores_dir=str(tmp_path))
     score_dataset(ScriptedEngine(simple_script(records)), records, cfg, {"model": "m"}, progress=False)
     before = (tmp_path / "scores.jsonl").read_bytes()
     engine = ScriptedEngine(simple_script(records))
     here, m = str(tmp_path), {"model": "m"}
     changes = [
-        (ScoreConfig(num_samples=4, temperature=0.7, scores_dir=here), records, m, "temperature"),
-        (ScoreConfig(num_samples=2, scores_dir=here), records, m, "num_samples"),
-        (ScoreConfig(num_samples=4, max_tokens=9, scores_dir=here), records, m, "max_tokens"),
+        (ScoreConfig(se_num_samples=4, se_temperature=0.7, se_scores_dir=here), records, m, "temperature"),
+        (ScoreConfig(se_num_samples=2, se_scores_dir=here), records, m, "num_samples"),
+        (ScoreConfig(se_num_samples=4, se_max_tokens=9, se_scores_dir=here), records, m, "max_tokens"),
         (cfg, records, {"model": "other"}, "model"),
         (cfg, records[:2], m, "dataset_fingerprint"),
         (cfg, [{**records[0], "answer": "9"}, *records[1:]], m, "dataset_fingerprint"),
@@ -164,10 +164,10 @@ def write_config(path: Path, model_dir: Path, scores_dir: Path, **overrides: obj
         "backend": "transformers",
         "load_in_4bit": False,
         "dataset_name_or_path": str(SHIPPED),
-        "num_samples": 4,
-        "max_tokens": 48,
-        "batch_size": 2,
-        "scores_dir": str(scores_dir),
+        "se_num_samples": 4,
+        "se_max_tokens": 48,
+        "se_batch_size": 2,
+        "se_scores_dir": str(scores_dir),
         "num_stages": 2,
         **overrides,
     }
@@ -181,7 +181,9 @@ def count_lines(path: Path) -> int:
 
 def test_kill_9_mid_pass_then_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
     scores_dir = tmp_path / "scores"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, scores_dir, max_prompts=20, batch_size=1, max_tokens=64)
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, scores_dir, max_prompts=20, se_batch_size=1, se_max_tokens=64
+    )
     command = [sys.executable, "-m", "sete_lite.score", "--config", str(config)]
     # One thread: a tiny model gains nothing from more, and threads fighting over a busy CI machine's
     # two cores make each decoding step ~50x slower.

@@ -1,0 +1,313 @@
+"""`python -m sete_lite.train`: the whole SENT method from one command.
+
+    python -m sete_lite.train                                   # built-in tiny CPU default
+    python -m sete_lite.train --config configs/r1_distill_1.5b_dapo.yaml --output-dir runs/r1
+    python -m sete_lite.train --config X --output-dir D --resume
+    python -m sete_lite.train --config X --set mode=grpo --set learning_rate=2e-6
+
+Steps: check the config and the data (cheap, before any model is loaded); load the 4-bit/LoRA
+policy; score every prompt's semantic entropy with the adapters off (cached in D/se_scores,
+resumable); cut the prompts into stages by SE; train stage by stage with SENTTrainer; save the
+adapter at each stage end (D/adapter/stage-K) and at the end (D/adapter); write D/metrics.jsonl
+and the plots in D/plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+from sete_lite.config import parse_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny_cpu.yaml"
+CHECKPOINT_DONE = "sete_checkpoint_complete"
+
+
+@dataclass
+class RunConfig:
+    """What the run optimises and with which engine; the rest lives in the other config classes."""
+
+    reward_funcs: list[str] = field(default_factory=lambda: ["accuracy", "format"])
+    rollout_engine: str = "auto"  # auto | transformers | vllm | unsloth (shared with ScoreConfig)
+    num_threads: int | None = None  # torch CPU threads; None = torch's default
+
+
+def config_classes() -> list[type]:
+    from sete_lite.data import DataConfig
+    from sete_lite.model import ModelConfig
+    from sete_lite.score import ScoreConfig
+    from sete_lite.trainer import SENTConfig
+
+    return [ModelConfig, DataConfig, ScoreConfig, RunConfig, SENTConfig]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sete_lite.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
+    parser.add_argument("--output-dir", type=Path, default=None, help="run directory (default: the config's)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run dir")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    return parser.parse_args(argv)
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint-N directory whose save finished (half-written ones are ignored)."""
+    done = [p for p in output_dir.glob("checkpoint-*") if (p / CHECKPOINT_DONE).exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    config_path = args.config or DEFAULT_CONFIG
+    overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    model_cfg, data_cfg, score_cfg, run_cfg, train_cfg = parse_config(config_classes(), config_path, overrides)
+    output_dir = Path(train_cfg.output_dir)
+    return run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir, resume=args.resume)
+
+
+def run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir: Path, *, resume: bool = False):
+    """Score, stage and train; returns the summary dict that is also printed."""
+    import datasets
+    import torch
+
+    from sete_lite.curriculum import stage_indices
+    from sete_lite.data import load_records
+    from sete_lite.model import load_policy
+    from sete_lite.rewards import resolve_reward_functions
+    from sete_lite.rollout import make_engine
+    from sete_lite.score import model_producer, score_dataset, write_score_report
+    from sete_lite.trainer import SENTTrainer
+
+    # Everything cheap first: a bad config or dataset fails before a model is loaded.
+    check_settings(model_cfg, run_cfg, train_cfg)
+    if run_cfg.num_threads:
+        torch.set_num_threads(run_cfg.num_threads)
+    reward_funcs = resolve_reward_functions(run_cfg.reward_funcs)
+    records = load_records(data_cfg)
+    if train_cfg.curriculum and len(records) < train_cfg.num_stages:
+        raise ValueError(f"{len(records)} prompts cannot fill {train_cfg.num_stages} curriculum stages")
+    checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    if resume and checkpoint is None:
+        print(f"--resume: no complete checkpoint in {output_dir}; starting from the beginning")
+    if not resume and any(output_dir.glob("checkpoint-*")):
+        raise ValueError(f"{output_dir} holds checkpoints of an earlier run: pass --resume, or another --output-dir")
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    model, tokenizer = load_policy(model_cfg)
+    engine = make_engine(run_cfg.rollout_engine, model, tokenizer)
+
+    scores = score_dataset(engine, records, score_cfg, model_producer(model_cfg), scores_dir=output_dir / "se_scores")
+    print(write_score_report(scores, output_dir / "se_scores", score_cfg))
+    se = [row[f"se_{score_cfg.se_estimator}"] for row in scores]
+    stages = stage_indices(se, train_cfg.num_stages) if train_cfg.curriculum else None
+    stage_of = {i: k for k, stage in enumerate(stages or [range(len(records))]) for i in stage}
+    train_dataset = datasets.Dataset.from_list(
+        [
+            {"prompt": r["prompt"], "answer": r["answer"], "id": r["id"], "se": se[i], "stage": stage_of[i]}
+            for i, r in enumerate(records)
+        ]
+    )
+
+    trainer = SENTTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=train_cfg,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        rollout_engine=engine,
+        curriculum_stages=stages,
+        callbacks=[recorder := RunRecorder(output_dir), RewardEntropyBar()],
+    )
+    recorder.trainer = trainer
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if checkpoint is not None:
+        truncate_metrics(output_dir / "metrics.jsonl", trainer_step(checkpoint))
+    elif (output_dir / "metrics.jsonl").exists():
+        (output_dir / "metrics.jsonl").unlink()  # a fresh run does not append to an old one
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    save_adapter_atomically(trainer.model, output_dir / "adapter", tokenizer)
+    return summarize(output_dir, time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks that run before any heavy work
+
+
+def check_settings(model_cfg, run_cfg, train_cfg) -> None:
+    """Errors that name the fix for settings this machine or this method cannot honour."""
+    import torch
+
+    from sete_lite.rollout import ENGINES
+
+    if run_cfg.rollout_engine not in ("auto", *ENGINES):
+        raise ValueError(f"rollout_engine must be 'auto' or one of {ENGINES}, got '{run_cfg.rollout_engine}'")
+    if train_cfg.num_generations < 2:
+        raise ValueError(
+            f"num_generations={train_cfg.num_generations}: group-relative advantages need at least 2 "
+            "completions per prompt"
+        )
+    if not torch.cuda.is_available():
+        gpu_only = {
+            "backend: unsloth": model_cfg.backend == "unsloth",
+            f"rollout_engine: {run_cfg.rollout_engine}": run_cfg.rollout_engine in ("vllm", "unsloth"),
+            "bf16: true": bool(train_cfg.bf16),
+            "fp16: true": bool(train_cfg.fp16),
+        }
+        wrong = [setting for setting, on in gpu_only.items() if on]
+        if wrong:
+            raise ValueError(
+                f"{', '.join(wrong)} need a CUDA GPU and none is available; on CPU use backend: transformers, "
+                "rollout_engine: transformers (or auto) and float32 (bf16: false, fp16: false)"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directory: metrics, checkpoints, adapter, summary
+
+
+class RunRecorder(TrainerCallback):
+    """Writes the run directory as training goes: metrics.jsonl (one synced line per log), a
+    completion marker in each checkpoint, and the adapter at the end of every curriculum stage."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.trainer = None  # set once the trainer exists: stage boundaries come from its sampler
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            append_jsonl(self.output_dir / "metrics.jsonl", {"step": state.global_step, **logs})
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = self.output_dir / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            (checkpoint / CHECKPOINT_DONE).write_text(json.dumps({"step": state.global_step}))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.trainer is None or self.trainer.curriculum_stages is None:
+            return
+        step = state.global_step
+        stage = self.trainer.stage_of_step(step - 1)
+        if step == state.max_steps or self.trainer.stage_of_step(step) != stage:
+            save_adapter_atomically(model, self.output_dir / "adapter" / f"stage-{stage}")
+
+
+class RewardEntropyBar(TrainerCallback):
+    """One tqdm bar over the whole run with reward, entropy, KL and stage, instead of HF's log dumps."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="SENT", unit="step")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            postfix = {k: round(logs[k], 4) for k in ("reward", "entropy", "kl") if logs.get(k) is not None}
+            if "curriculum/stage" in logs:
+                postfix["stage"] = int(logs["curriculum/stage"])
+            self.bar.set_postfix(postfix)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one whole line, synced to disk (a crash leaves at most a torn last line)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of a jsonl file (a torn last line is skipped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def trainer_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only the metrics up to the checkpoint a run resumes from (atomically)."""
+    kept = [row for row in read_jsonl(path) if row["step"] <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    os.replace(tmp, path)
+
+
+def save_adapter_atomically(model, directory: Path, tokenizer=None) -> None:
+    """Save the LoRA adapter to a temporary sibling, then swap it in: never a half-written adapter."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    # Stage adapters saved earlier live inside the final adapter directory: carry them over.
+    if directory.exists():
+        for child in directory.iterdir():
+            if child.is_dir() and child.name.startswith("stage-"):
+                child.rename(tmp / child.name)
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(directory)
+
+
+def summarize(output_dir: Path, seconds: float) -> dict[str, Any]:
+    """Plots from metrics.jsonl and a short printed summary."""
+    from sete_lite.plots import plot_training_curves
+
+    rows = read_jsonl(output_dir / "metrics.jsonl")
+    plots = plot_training_curves(rows, output_dir / "plots")
+    first, last = (rows[0], rows[-1]) if rows else ({}, {})
+    summary = {
+        "steps": last.get("step", 0),
+        "train_seconds": round(seconds, 1),
+        "reward_first": first.get("reward"),
+        "reward_last": last.get("reward"),
+        "entropy_first": first.get("entropy"),
+        "entropy_last": last.get("entropy"),
+        "mean_step_time": sum(r.get("step_time", 0.0) for r in rows) / max(len(rows), 1),
+        "adapter": str(output_dir / "adapter"),
+        "plots": [str(p) for p in plots],
+    }
+    print("\nSENT run summary")
+    for key, value in summary.items():
+        print(f"  {key}: {value}")
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
