@@ -3,19 +3,32 @@
 This module owns `DataConfig` and `load_records(cfg)`, which turns a hub dataset or a local
 jsonl / json / parquet file into records `{id, question, answer, prompt}`: `answer` is the final
 answer only (a GSM8K-style "... #### 18" solution becomes "18", a `\\boxed{}` solution its box)
-and `prompt` is the question in the paper's prompt template.
+and `prompt` is the question in the paper's prompt template. Formats:
+- columns may be nested (`reward_model.ground_truth`), and a question may be a chat message list;
+- `question_format: dapo` strips DAPO-Math-17k's own "Answer: $Answer" instructions, so the
+  paper's boxed-answer template is the only instruction the model sees;
+- `apply_chat_template(records, tokenizer)` wraps prompts in an instruct model's chat template.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sete_lite.semantic import extract_answer
 
 # The paper's evaluation prompt (SENT.md section 4), also used for training and SE scoring.
 DEFAULT_PROMPT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+QUESTION_FORMATS = ("plain", "dapo")
+# DAPO-Math-17k wraps every problem in instructions for an "Answer: x" last line.
+DAPO_WRAPPER = re.compile(
+    r"^Solve the following math problem step by step\..*?\n\n(?P<problem>.*)\n\n"
+    r"Remember to put your answer on its own line after \"Answer:\"\.?\s*$",
+    re.DOTALL,
+)
 
 
 @dataclass
@@ -30,12 +43,37 @@ class DataConfig:
     id_column: str | None = "id"  # None: the row number is the id
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     max_prompts: int | None = None  # the first N rows only (quick runs)
+    question_format: str = "plain"  # "plain" | "dapo" (strip DAPO-Math-17k's instruction wrapper)
+    use_chat_template: bool = False  # wrap prompts in the tokenizer's chat template (instruct models)
+    system_prompt: str | None = None  # with use_chat_template: an optional system message
 
     def __post_init__(self) -> None:
+        if self.question_format not in QUESTION_FORMATS:
+            raise ValueError(f"question_format must be one of {QUESTION_FORMATS}, got '{self.question_format}'")
         if "{question}" not in self.prompt_template:
             raise ValueError("prompt_template must contain '{question}'")
         if self.max_prompts is not None and self.max_prompts <= 0:
             raise ValueError(f"max_prompts must be positive, got {self.max_prompts}")
+
+
+def column(row: dict, name: str) -> Any:
+    """A row's value for `name`; a dotted name reads a nested field (`reward_model.ground_truth`)."""
+    value = row
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(name)
+        value = value[part]
+    return value
+
+
+def question_text(value: Any, question_format: str) -> str:
+    """The question as plain text: a chat message list gives its last user message."""
+    if isinstance(value, list):
+        value = [m["content"] for m in value if m.get("role") == "user"][-1]
+    text = str(value)
+    if question_format == "dapo" and (match := DAPO_WRAPPER.match(text)):
+        text = match.group("problem")
+    return text
 
 
 def gold_answer(solution: str) -> str:
@@ -69,7 +107,7 @@ def load_records(cfg: DataConfig) -> list[dict]:
     if not rows:
         raise ValueError(f"dataset '{cfg.dataset_name_or_path}' is empty")
     required = [cfg.question_column, cfg.answer_column] + ([cfg.id_column] if cfg.id_column else [])
-    missing = [column for column in required if column not in rows[0]]
+    missing = [name for name in required if not _has_column(rows[0], name)]
     if missing:
         raise KeyError(
             f"dataset '{cfg.dataset_name_or_path}' has no column(s) {missing}; its columns are {sorted(rows[0])}"
@@ -77,12 +115,12 @@ def load_records(cfg: DataConfig) -> list[dict]:
     rows = rows[: cfg.max_prompts]
     records = []
     for index, row in enumerate(rows):
-        question = str(row[cfg.question_column])
+        question = question_text(column(row, cfg.question_column), cfg.question_format)
         records.append(
             {
-                "id": str(row[cfg.id_column]) if cfg.id_column else str(index),
+                "id": str(column(row, cfg.id_column)) if cfg.id_column else str(index),
                 "question": question,
-                "answer": gold_answer(str(row[cfg.answer_column])),
+                "answer": gold_answer(str(column(row, cfg.answer_column))),
                 # replace, not format: the template's own \boxed{} braces would break str.format
                 "prompt": cfg.prompt_template.replace("{question}", question),
             }
@@ -92,3 +130,27 @@ def load_records(cfg: DataConfig) -> list[dict]:
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"column '{cfg.id_column}' has duplicate id '{duplicate}'; ids must be unique")
     return records
+
+
+def _has_column(row: dict, name: str) -> bool:
+    try:
+        column(row, name)
+    except KeyError:
+        return False
+    return True
+
+
+def apply_chat_template(records: list[dict], tokenizer: Any, system_prompt: str | None = None) -> list[dict]:
+    """Records whose prompt is wrapped in the tokenizer's chat template, ready for generation."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("use_chat_template is set but the tokenizer has no chat template; set it to false")
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [
+        {
+            **record,
+            "prompt": tokenizer.apply_chat_template(
+                [*system, {"role": "user", "content": record["prompt"]}], tokenize=False, add_generation_prompt=True
+            ),
+        }
+        for record in records
+    ]

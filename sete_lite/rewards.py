@@ -14,8 +14,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sete_lite.semantic import _BOX_OPEN as BOX_OPEN
-from sete_lite.semantic import extract_answer, grade_answers
+from sete_lite.semantic import BOX_OPEN, extract_answer, grade_answers
 
 RewardFunction = Callable[..., list]
 

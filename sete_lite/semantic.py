@@ -38,7 +38,8 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 # One parse or one comparison of two parsed answers; sympy can spin on answers like 2^{10^{10}}.
 DEFAULT_TIMEOUT_S = 1.0
 
-_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# The opening of a final-answer box; public because the format reward checks for one too.
+BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _GSM8K_ANSWER = re.compile(r"####\s*([^\n]*)")
 
 
@@ -63,7 +64,7 @@ def extract_answer(text: str) -> str | None:
     closed (a response cut off by the token limit) counts as no answer, not as the box before it:
     the response did not finish stating its final answer. An empty answer is no answer.
     """
-    boxes = list(_BOX_OPEN.finditer(text))
+    boxes = list(BOX_OPEN.finditer(text))
     if boxes:
         content = _braced_content(text, boxes[-1].end())
         return content.strip() or None if content is not None else None

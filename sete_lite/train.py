@@ -85,7 +85,7 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir: Path, *,
     import torch
 
     from sete_lite.curriculum import stage_indices
-    from sete_lite.data import load_records
+    from sete_lite.data import apply_chat_template, load_records
     from sete_lite.model import load_policy
     from sete_lite.rewards import resolve_reward_functions
     from sete_lite.rollout import make_engine
@@ -108,6 +108,8 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir: Path, *,
     output_dir.mkdir(parents=True, exist_ok=True)
 
     model, tokenizer = load_policy(model_cfg)
+    if data_cfg.use_chat_template:
+        records = apply_chat_template(records, tokenizer, data_cfg.system_prompt)
     engine = make_engine(run_cfg.rollout_engine, model, tokenizer)
 
     scores = score_dataset(engine, records, score_cfg, model_producer(model_cfg), scores_dir=output_dir / "se_scores")

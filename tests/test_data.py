@@ -82,3 +82,71 @@ def test_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("id,question,answer\n")
     with pytest.raises(ValueError, match="must end in"):
         load_records(DataConfig(dataset_name_or_path=str(tmp_path / "d.csv")))
+
+
+DAPO_INSTRUCTIONS = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
+    'Remember to put your answer on its own line after "Answer:".'
+)
+
+
+def test_dapo_math_17k_original_layout(tmp_path: Path) -> None:
+    """BytedTsinghua-SIA/DAPO-Math-17k: the prompt is a chat list, the answer a nested field."""
+    import datasets
+
+    problem = "Let $x^2 = 16$ with $x > 0$. Find $x$."
+    rows = [
+        {
+            "data_source": "math_dapo",
+            "prompt": [{"role": "user", "content": DAPO_INSTRUCTIONS.format(problem=problem)}],
+            "reward_model": {"ground_truth": "4", "style": "rule-lighteval/MATH_v2"},
+            "extra_info": {"index": "a1"},
+        }
+    ]
+    path = tmp_path / "dapo.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    cfg = DataConfig(
+        dataset_name_or_path=str(path),
+        question_column="prompt",
+        answer_column="reward_model.ground_truth",
+        id_column="extra_info.index",
+        question_format="dapo",
+    )
+    [record] = load_records(cfg)
+    assert record == {
+        "id": "a1",
+        "question": problem,
+        "answer": "4",
+        "prompt": DEFAULT_PROMPT_TEMPLATE.replace("{question}", problem),
+    }
+
+
+def test_dapo_processed_layout_and_plain_format_keeps_the_text(tmp_path: Path) -> None:
+    """open-r1/DAPO-Math-17k-Processed: `prompt` is the wrapped text, `solution` the answer."""
+    problem = "Compute $1+1$."
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": DAPO_INSTRUCTIONS.format(problem=problem), "solution": "2"}])
+    base = dict(dataset_name_or_path=str(path), question_column="prompt", answer_column="solution", id_column=None)
+    assert load_records(DataConfig(**base, question_format="dapo"))[0]["question"] == problem
+    assert load_records(DataConfig(**base))[0]["question"] == DAPO_INSTRUCTIONS.format(problem=problem)
+    with pytest.raises(KeyError, match=r"reward_model\.ground_truth"):
+        load_records(DataConfig(**{**base, "answer_column": "reward_model.ground_truth"}))
+    with pytest.raises(ValueError, match="question_format"):
+        DataConfig(question_format="gsm")
+
+
+def test_chat_template_wraps_the_prompt(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from sete_lite.data import apply_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    records = [{"id": "0", "question": "q", "answer": "1", "prompt": "What is 0+1?"}]
+    [wrapped] = apply_chat_template(records, tokenizer, system_prompt="Be brief.")
+    assert wrapped["prompt"] == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 0+1?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert wrapped["answer"] == "1" and records[0]["prompt"] == "What is 0+1?"
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        apply_chat_template(records, tokenizer)
