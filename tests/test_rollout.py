@@ -47,9 +47,7 @@ def policy(tiny_model_dir):
     return model, tokenizer
 
 
-def recompute_logprobs(
-    model, tokenizer, prompt: str, completion: Completion, temperature: float
-) -> torch.Tensor:
+def recompute_logprobs(model, tokenizer, prompt: str, completion: Completion, temperature: float) -> torch.Tensor:
     """log_softmax(logits / T) at each completion token from one unpadded float64 forward pass."""
     model64 = copy.deepcopy(model).double().eval()
     prompt_ids = tokenizer(prompt)["input_ids"]
@@ -107,17 +105,13 @@ def test_left_padding_does_not_change_greedy_completions(policy):
         assert len(group) == 2 and group[0] == group[1]  # n greedy completions are n copies
         alone = engine.generate([prompt], 1, greedy)[0][0]
         assert alone.token_ids == group[0].token_ids
-        torch.testing.assert_close(
-            torch.tensor(alone.logprobs), torch.tensor(group[0].logprobs), atol=1e-4, rtol=0
-        )
+        torch.testing.assert_close(torch.tensor(alone.logprobs), torch.tensor(group[0].logprobs), atol=1e-4, rtol=0)
 
 
 def test_stop_strings_cut_text_and_tokens(policy):
     model, tokenizer = policy
     stop = ["a", "e", "1"]
-    out = TransformersEngine(model, tokenizer).generate(
-        PROMPTS, 6, SamplingConfig(max_tokens=40, seed=0, stop=stop)
-    )
+    out = TransformersEngine(model, tokenizer).generate(PROMPTS, 6, SamplingConfig(max_tokens=40, seed=0, stop=stop))
     cut = 0
     for group in out:
         for c in group:
@@ -196,9 +190,7 @@ def test_use_adapter_false_on_plain_model_is_an_error(tiny_model_dir):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     with pytest.raises(TypeError, match="PEFT"):
-        TransformersEngine(base, tokenizer).generate(
-            ["1"], 1, SamplingConfig(max_tokens=2), use_adapter=False
-        )
+        TransformersEngine(base, tokenizer).generate(["1"], 1, SamplingConfig(max_tokens=2), use_adapter=False)
 
 
 def test_make_engine_switch(policy):
@@ -214,3 +206,21 @@ def test_unsloth_engine_needs_an_unsloth_policy(policy):
     model, tokenizer = policy
     with pytest.raises(ValueError, match="backend: unsloth"):
         make_engine("unsloth", model, tokenizer)
+
+
+def test_vllm_outputs_become_completions():
+    """The vLLM-output conversion is plain Python: check it here, where vLLM is not installed."""
+    from types import SimpleNamespace
+
+    from sete_lite.rollout import _VLLMEngineBase
+
+    def output(token_ids, finish_reason):
+        steps = [{tok: SimpleNamespace(logprob=-0.1 * (i + 1))} for i, tok in enumerate(token_ids)]
+        return SimpleNamespace(text="ab", token_ids=token_ids, logprobs=steps, finish_reason=finish_reason)
+
+    done = _VLLMEngineBase._completion(output([5, 6, 2], "stop"))
+    assert (done.text, done.token_ids, done.finish_reason) == ("ab", [5, 6, 2], "stop")
+    assert done.logprobs == pytest.approx([-0.1, -0.2, -0.3])
+    assert _VLLMEngineBase._completion(output([5], "length")).finish_reason == "length"
+    # An aborted request did not end naturally: like a truncated one, it is not "stop".
+    assert _VLLMEngineBase._completion(output([5], "abort")).finish_reason == "length"
