@@ -76,11 +76,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     model_cfg, data_cfg, score_cfg, run_cfg, train_cfg = parse_config(config_classes(), config_path, overrides)
     output_dir = Path(train_cfg.output_dir)
-    return run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir, resume=args.resume)
+    summary, _ = run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir, resume=args.resume)
+    return summary
 
 
 def run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir: Path, *, resume: bool = False):
-    """Score, stage and train; returns the summary dict that is also printed."""
+    """Score, stage and train; returns (the summary dict that is also printed, the trainer)."""
     import datasets
     import torch
 
@@ -137,14 +138,13 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir: Path, *,
     recorder.trainer = trainer
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    if checkpoint is not None:
-        truncate_metrics(output_dir / "metrics.jsonl", trainer_step(checkpoint))
-    elif (output_dir / "metrics.jsonl").exists():
-        (output_dir / "metrics.jsonl").unlink()  # a fresh run does not append to an old one
+    for log in (output_dir / "metrics.jsonl", output_dir / "rollouts.jsonl"):
+        # A resumed run drops what the killed run logged after its checkpoint; a fresh run starts empty.
+        truncate_log(log, trainer_step(checkpoint) if checkpoint else -1)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     save_adapter_atomically(trainer.model, output_dir / "adapter", tokenizer)
-    return summarize(output_dir, time.perf_counter() - started)
+    return summarize(output_dir, time.perf_counter() - started), trainer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,14 +168,12 @@ def check_settings(model_cfg, run_cfg, train_cfg) -> None:
         gpu_only = {
             "backend: unsloth": model_cfg.backend == "unsloth",
             f"rollout_engine: {run_cfg.rollout_engine}": run_cfg.rollout_engine in ("vllm", "unsloth"),
-            "bf16: true": bool(train_cfg.bf16),
-            "fp16: true": bool(train_cfg.fp16),
         }
         wrong = [setting for setting, on in gpu_only.items() if on]
         if wrong:
             raise ValueError(
                 f"{', '.join(wrong)} need a CUDA GPU and none is available; on CPU use backend: transformers, "
-                "rollout_engine: transformers (or auto) and float32 (bf16: false, fp16: false)"
+                "rollout_engine: transformers (or auto)"
             )
 
 
@@ -184,8 +182,9 @@ def check_settings(model_cfg, run_cfg, train_cfg) -> None:
 
 
 class RunRecorder(TrainerCallback):
-    """Writes the run directory as training goes: metrics.jsonl (one synced line per log), a
-    completion marker in each checkpoint, and the adapter at the end of every curriculum stage."""
+    """Writes the run directory as training goes: metrics.jsonl (one synced line per log),
+    rollouts.jsonl (the prompt ids each step sampled), a completion marker in each checkpoint, and
+    the adapter at the end of every curriculum stage."""
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = output_dir
@@ -201,7 +200,12 @@ class RunRecorder(TrainerCallback):
             (checkpoint / CHECKPOINT_DONE).write_text(json.dumps({"step": state.global_step}))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.trainer is None or self.trainer.curriculum_stages is None:
+        if self.trainer is None:
+            return
+        for entry in self.trainer.rollout_log:
+            append_jsonl(self.output_dir / "rollouts.jsonl", entry)
+        self.trainer.rollout_log.clear()
+        if self.trainer.curriculum_stages is None:
             return
         step = state.global_step
         stage = self.trainer.stage_of_step(step - 1)
@@ -257,8 +261,8 @@ def trainer_step(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[1])
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only the metrics up to the checkpoint a run resumes from (atomically)."""
+def truncate_log(path: Path, last_step: int) -> None:
+    """Keep only the rows up to `last_step` of a per-step jsonl log (atomically)."""
     kept = [row for row in read_jsonl(path) if row["step"] <= last_step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))

@@ -66,6 +66,8 @@ class SENTConfig(GRPOConfig):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         self.loss_config()  # validate the loss fields before any heavy work
+        if (self.bf16 or self.fp16) and not torch.cuda.is_available():
+            raise ValueError("bf16/fp16 training needs a CUDA GPU and none is available; on CPU set bf16: false")
         if self.curriculum:
             # One pass of the curriculum sampler is the whole run: num_stages x epochs_per_stage.
             self.num_train_epochs = 1
@@ -94,6 +96,8 @@ class SENTTrainer(GRPOTrainer):
             kwargs["rollout_func"] = self._rollout
         super().__init__(*args, **kwargs)
         self.last_loss_inputs: dict[str, torch.Tensor] | None = None
+        # Which prompts each generation batch sampled, for the run's rollout trace (resume checks).
+        self.rollout_log: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------------------
     # Data order: the curriculum
@@ -198,6 +202,11 @@ class SENTTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         if self.loss_config.needs_reference() and "ref_per_token_logps" not in output:
             output["ref_per_token_logps"] = self._reference_logps(output)
+        if mode == "train" and "id" in inputs[0]:
+            group = self.num_generations
+            # "step" is the optimizer step these completions train (1-based, like the logged metrics).
+            ids = [x["id"] for x in inputs][::group]
+            self.rollout_log.append({"step": self.state.global_step + 1, "ids": ids})
         if "stage" in inputs[0]:
             self._metrics[mode]["curriculum/stage"].append(max(float(x["stage"]) for x in inputs))
         if "se" in inputs[0]:

@@ -7,16 +7,12 @@ import dataclasses
 import pytest
 import torch
 from datasets import Dataset
+from support_rewards import length_reward
 
 from sete_lite.loss import MODES, policy_loss
 from sete_lite.model import ModelConfig, load_policy
 from sete_lite.rollout import TransformersEngine
 from sete_lite.trainer import SENTConfig, SENTTrainer
-
-
-def length_reward(prompts, completions, completion_ids=None, **kwargs):
-    """A reward a random model can earn unevenly: longer completions score higher."""
-    return [len(ids) / 16 for ids in completion_ids]
 
 
 def make_trainer(model_dir, tmp_path, *, steps=2, stages=None, **overrides):

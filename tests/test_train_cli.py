@@ -1,0 +1,195 @@
+"""`python -m sete_lite.train` end to end on a tiny model: run directory, reload, resume after kill -9, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sete_lite.model import ModelConfig, load_policy
+from sete_lite.train import main, read_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+REQUIRED_METRICS = [
+    "step", "reward", "reward_std", "frac_reward_zero_std", "entropy", "kl", "clip_ratio", "completions/mean_length",
+    "sent/low_entropy_frac", "sent/high_cov_frac", "sent/kl_low", "sent/kl_high", "curriculum/stage",
+    "curriculum/mean_se", "step_time",
+]  # fmt: skip
+
+
+def write_config(path: Path, model_dir: Path, **overrides: object) -> Path:
+    values = {
+        "model_name_or_path": str(model_dir),
+        "backend": "transformers",
+        "load_in_4bit": False,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "gradient_checkpointing": False,
+        "dataset_name_or_path": str(REPO / "data" / "champ_math.jsonl"),
+        "max_prompts": 8,
+        "se_num_samples": 4,
+        "se_max_tokens": 16,
+        "reward_funcs": ["support_rewards:length_reward", "accuracy"],
+        "rollout_engine": "transformers",
+        "num_threads": 1,
+        "num_stages": 2,
+        "epochs_per_stage": 1,
+        "num_generations": 4,
+        "per_device_train_batch_size": 8,
+        "max_completion_length": 12,
+        "learning_rate": 0.05,
+        "high_cov_ratio": 0.2,
+        "beta_low": 0.1,
+        "beta_high": 0.4,
+        "logging_steps": 1,
+        "save_steps": 1,
+        "report_to": "none",
+        "bf16": False,
+        "seed": 1,
+        **overrides,
+    }
+    path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items()))
+    return path
+
+
+def token_logprobs(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits.double()
+    return torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+
+
+@pytest.fixture(autouse=True)
+def importable_test_rewards(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+def test_end_to_end_two_stages(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir)
+    summary = main(["--config", str(config), "--output-dir", str(out)])
+
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    for key in REQUIRED_METRICS:
+        assert all(key in row for row in rows), key
+    assert [row["curriculum/stage"] for row in rows] == [0, 0, 1, 1]
+    # Stage 0 holds the four lowest-SE prompts: its mean SE is at most stage 1's.
+    assert rows[0]["curriculum/mean_se"] <= rows[2]["curriculum/mean_se"]
+    rollouts = read_jsonl(out / "rollouts.jsonl")
+    scores = {row["id"]: row["se_likelihood"] for row in read_jsonl(out / "se_scores" / "scores.jsonl")}
+    stage0 = [i for r in rollouts[:2] for i in r["ids"]]
+    stage1 = [i for r in rollouts[2:] for i in r["ids"]]
+    assert sorted(stage0 + stage1) == sorted(scores) and max(scores[i] for i in stage0) <= min(
+        scores[i] for i in stage1
+    )
+    for name in ("reward", "entropy", "kl"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "se_scores" / "se_histogram.png").exists() and (out / "se_scores" / "stages.md").exists()
+    assert (out / "adapter" / "stage-0" / "adapter_model.safetensors").exists()
+    assert (out / "adapter" / "stage-1" / "adapter_model.safetensors").exists()
+    assert summary["steps"] == 4
+
+    # The saved adapter reproduces the trained policy: its weights equal the last checkpoint's, and
+    # reloaded through load_policy it gives the same log-probs as base + adapter through plain peft.
+    final = load_file(out / "adapter" / "adapter_model.safetensors")
+    last = load_file(out / "checkpoint-4" / "adapter_model.safetensors")
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
+    stage1_adapter = load_file(out / "adapter" / "stage-1" / "adapter_model.safetensors")
+    assert all(torch.equal(final[k], stage1_adapter[k]) for k in final)  # the last stage ends the run
+
+    reloaded, tokenizer = load_policy(
+        ModelConfig(
+            model_name_or_path=str(tiny_model_dir),
+            backend="transformers",
+            load_in_4bit=False,
+            lora_r=4,
+            lora_alpha=8,
+            adapter_path=str(out / "adapter"),
+        )
+    )
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out / "adapter")
+    texts = ["Compute 2 + 2. \\boxed{4}", "The answer is 7"]
+    trained = token_logprobs(reloaded, tokenizer, texts)
+    torch.testing.assert_close(trained, token_logprobs(plain, tokenizer, texts))
+    with reloaded.disable_adapter():
+        base = token_logprobs(reloaded, tokenizer, texts)
+    assert (trained - base).abs().max() > 1e-3  # training moved the policy
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, epochs_per_stage=2)  # 8 steps
+    command = [sys.executable, "-m", "sete_lite.train", "--config", str(config)]
+
+    straight = tmp_path / "straight"
+    subprocess.run([*command, "--output-dir", str(straight)], env=env, check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*command, "--output-dir", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint-3" / "sete_checkpoint_complete").exists() and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # mid stage 0 or early stage 1, between or inside steps
+    process.wait()
+    steps_before = len(read_jsonl(killed / "metrics.jsonl"))
+    assert 3 <= steps_before < 8
+
+    subprocess.run([*command, "--output-dir", str(killed), "--resume"], env=env, check=True, capture_output=True)
+    assert read_jsonl(killed / "rollouts.jsonl") == read_jsonl(straight / "rollouts.jsonl")
+    assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] == list(range(1, 9))
+    resumed = load_file(killed / "adapter" / "adapter_model.safetensors")
+    reference = load_file(straight / "adapter" / "adapter_model.safetensors")
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"num_generations": 1}, ValueError, "at least 2"),
+        ({"answer_column": "solution"}, KeyError, "no column"),
+        ({"model_name_or_path": "./no/such/model"}, FileNotFoundError, "does not exist"),
+        ({"backend": "unsloth"}, ValueError, "CUDA GPU"),
+        ({"rollout_engine": "vllm"}, ValueError, "CUDA GPU"),
+        ({"bf16": True}, ValueError, "CUDA GPU"),
+        ({"mode": "ppo"}, ValueError, "mode"),
+        ({"num_stage": 2}, ValueError, "did you mean: num_stages"),
+        ({"reward_funcs": ["acuracy"]}, ValueError, "unknown reward function"),
+        ({"max_prompts": 1}, ValueError, "cannot fill 2 curriculum stages"),
+    ],
+)
+def test_bad_input_fails_before_any_model_is_loaded(tmp_path, tiny_model_dir, overrides, error, message, monkeypatch):
+    import sete_lite.model
+
+    def must_not_load(cfg):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    if "model_name_or_path" not in overrides:
+        monkeypatch.setattr(sete_lite.model, "load_policy", must_not_load)
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, **overrides)
+    with pytest.raises(error, match=message):
+        main(["--config", str(config), "--output-dir", str(tmp_path / "run")])
+
+
+def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path, tiny_model_dir):
+    (tmp_path / "run" / "checkpoint-2").mkdir(parents=True)
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir)
+    with pytest.raises(ValueError, match="--resume"):
+        main(["--config", str(config), "--output-dir", str(tmp_path / "run")])
