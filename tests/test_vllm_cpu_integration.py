@@ -39,6 +39,7 @@ def test_vllm_engine_on_cpu_follows_the_adapter_and_matches_recomputed_logprobs(
     report = json.loads(lines[-1].removeprefix("VLLM_CPU_CHECK "))
     print(json.dumps(report, indent=2))
 
+    assert report["engine"] == "VLLMEngine"
     # vLLM's fp32 CPU kernels vs a float64 transformers forward: measured ~3e-5 with LoRA, ~6e-7 without.
     assert report["max_logprob_gap_adapter_on"] < 1e-3
     assert report["max_logprob_gap_adapter_off"] < 1e-3
