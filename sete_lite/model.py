@@ -60,6 +60,10 @@ class ModelConfig:
             raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got '{self.dtype}'")
         if self.lora_r <= 0:
             raise ValueError(f"lora_r must be positive, got {self.lora_r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"gpu_memory_utilization is a fraction of GPU memory in (0, 1], got {self.gpu_memory_utilization}"
+            )
 
 
 def unsloth_available() -> bool:

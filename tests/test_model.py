@@ -98,9 +98,7 @@ def test_resume_from_saved_adapter(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="lora_r"):
         load_policy(config(tiny_model_dir, adapter_path=str(tmp_path / "adapter"), lora_r=4))
     with pytest.raises(ValueError, match="lora_target_modules"):
-        load_policy(
-            config(tiny_model_dir, adapter_path=str(tmp_path / "adapter"), lora_target_modules=["q_proj"])
-        )
+        load_policy(config(tiny_model_dir, adapter_path=str(tmp_path / "adapter"), lora_target_modules=["q_proj"]))
 
 
 def test_4bit_cpu_generate_then_train(tmp_path):
@@ -169,6 +167,7 @@ def test_unsloth_without_gpu_names_the_fix(tiny_model_dir):
         ({"backend": "vllm"}, ValueError, "backend must be one of"),
         ({"dtype": "fp8"}, ValueError, "dtype must be"),
         ({"lora_r": 0}, ValueError, "lora_r"),
+        ({"gpu_memory_utilization": 60}, ValueError, "fraction"),
     ],
 )
 def test_bad_input_fails_early_with_the_fix(tiny_model_dir, overrides, error, match):
