@@ -89,6 +89,7 @@ class SENTTrainer(GRPOTrainer):
         **kwargs: Any,
     ) -> None:
         self.rollout_engine = rollout_engine
+        self._engine_asleep = False
         self.curriculum_stages = curriculum_stages
         config: SENTConfig = kwargs["args"]
         self.loss_config = config.loss_config()
@@ -143,7 +144,13 @@ class SENTTrainer(GRPOTrainer):
             seed=self.args.seed + self.state.global_step,
         )
         self.model.eval()  # no dropout while sampling
+        if self._engine_asleep:
+            self.rollout_engine.wake_up()
         groups = self.rollout_engine.generate(unique, group, sampling)
+        if hasattr(self.rollout_engine, "sleep"):
+            # Unsloth standby: free vLLM's KV cache for the training step (a no-op without standby).
+            self.rollout_engine.sleep()
+            self._engine_asleep = True
         self.model.train()
         prompt_ids = self.processing_class(unique, add_special_tokens=False)["input_ids"]
         return {
