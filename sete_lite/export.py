@@ -1,0 +1,316 @@
+"""`python -m sete_lite.export`: a trained LoRA adapter as files other tools load.
+
+This module owns exporting (Unsloth's save methods, ANCHORS.md), with the checks that Unsloth
+users miss when a "merged" export silently does not merge or comes out as garbage (user pain 7):
+
+- `lora`: the adapter alone (adapter_config.json + adapter_model.safetensors + tokenizer).
+- `merged_16bit`: the base loaded in 16-bit (never 4-bit: merging into quantized weights rounds
+  the adapter away), the adapter attached with peft and merged with `merge_and_unload`; safetensors
+  + tokenizer + config that transformers and vLLM load as is. Checked before it is published: no
+  LoRA module is left, the merge changed the weights (a non-zero adapter that changes nothing means
+  it was rounded away), and the saved files reload with plain transformers to the same logits.
+- `gguf`: the verified merged_16bit export converted by Unsloth's `save_pretrained_gguf` (GPU,
+  llama.cpp underneath); elsewhere a clear error with the manual llama.cpp route.
+
+    python -m sete_lite.export --run-dir runs/tiny --method merged_16bit --output exports/tiny --dtype float32
+    python -m sete_lite.export --adapter runs/r1/adapter/stage-0 --base Qwen/Qwen2.5-Math-7B --method lora --output O
+
+Every export is built in a hidden sibling of the output directory and swapped in only when
+complete, so an interrupted export never replaces a good one, and an output directory that is not
+an earlier export is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METHODS = ("lora", "merged_16bit", "gguf")
+EXPORT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+GGUF_QUANTIZATIONS = ("f16", "bf16", "q8_0", "q4_k_m", "q5_k_m")
+EXPORT_INFO = "export_info.json"  # marks a directory as a finished export (and says what it holds)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def resolve_adapter(run_dir: str | Path | None, adapter: str | Path | None, stage: int | None = None) -> Path:
+    """The adapter directory: `adapter`, or the run's final adapter (or its stage-K adapter)."""
+    if (run_dir is None) == (adapter is None):
+        raise ValueError("give exactly one of --run-dir (a training run directory) or --adapter (an adapter directory)")
+    if run_dir is not None:
+        if not Path(run_dir).is_dir():
+            raise FileNotFoundError(f"run directory '{run_dir}' does not exist")
+        path = Path(run_dir) / "adapter"
+        if stage is not None:
+            path = path / f"stage-{stage}"
+        hint = "has the run finished? (python -m sete_lite.train writes adapter/ at the end and adapter/stage-K)"
+    else:
+        path = Path(adapter)
+        hint = "point --adapter at a directory written by save_pretrained (e.g. a run's adapter/)"
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no LoRA adapter at '{path}' (adapter_config.json missing); {hint}")
+    return path
+
+
+def resolve_base(adapter_dir: Path, base: str | None) -> str:
+    """The base model: `base`, else the one recorded in the adapter's config; built-in names resolved."""
+    from sete_lite.model import check_model_source
+    from sete_lite.tiny import resolve_builtin
+
+    name = base or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not name:
+        raise ValueError(f"the adapter at '{adapter_dir}' does not record its base model; pass --base")
+    name = resolve_builtin(name)
+    check_model_source(name)
+    return name
+
+
+def check_method(method: str, dtype: str) -> None:
+    if method in ("merged_4bit", "merged_4bit_forced"):
+        raise ValueError(
+            f"method '{method}' is not offered: merging a LoRA adapter into 4-bit weights re-quantizes the "
+            "sum and rounds most of the adapter away (unsloth 611, 2339). Use --method merged_16bit (the base "
+            "is loaded in 16-bit), then quantize the merged model if you need 4-bit weights"
+        )
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got '{method}'")
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(EXPORT_DTYPES)}, got '{dtype}'")
+
+
+def check_not_quantized(base: str) -> None:
+    """Refuse a base checkpoint that is stored quantized: the merge would land in 4-bit weights."""
+    from transformers import AutoConfig
+
+    quantization = getattr(AutoConfig.from_pretrained(base), "quantization_config", None)
+    if quantization:
+        method = quantization.get("quant_method", "?") if isinstance(quantization, dict) else "?"
+        raise ValueError(
+            f"base model '{base}' is a quantized checkpoint ({method}); merging into it would merge into "
+            "4-bit weights. Pass --base the original 16-bit model (e.g. Qwen/Qwen2.5-1.5B-Instruct rather "
+            "than a -bnb-4bit repackaging)"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Publishing a directory atomically
+
+
+def publish(target: Path, build: Callable[[Path], None]) -> Path:
+    """Run `build(tmp)` on a fresh hidden sibling of `target`, then swap it in for `target`.
+
+    A build that fails (or a process killed mid-build) leaves `target` as it was. Only an empty
+    directory or an earlier export (with export_info.json) is ever replaced.
+    """
+    target = Path(target)
+    partial = target.with_name(f".{target.name}.partial")
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.exists():
+        old.rename(target)  # a previous swap was killed between its two renames: restore the good export
+    if target.exists() and any(target.iterdir()) and not (target / EXPORT_INFO).is_file():
+        raise FileExistsError(
+            f"'{target}' exists and is not an export written by sete_lite.export; choose another --output "
+            "(it is never overwritten)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(partial, ignore_errors=True)  # left by a killed export
+    partial.mkdir()
+    try:
+        build(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    partial.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def write_info(directory: Path, info: dict[str, Any]) -> None:
+    # Written last: its presence says the directory is a complete export. No timestamps, so that
+    # exporting the same adapter twice gives the same files.
+    (directory / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods
+
+
+def build_lora(adapter_dir: Path, out: Path) -> None:
+    """Copy the adapter's files (not a run's stage-K subdirectories)."""
+    missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"adapter at '{adapter_dir}' lacks {missing}; it was not saved completely")
+    for path in sorted(adapter_dir.iterdir()):
+        if path.is_file():
+            shutil.copy2(path, out / path.name)
+
+
+def lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+
+
+def weight_fingerprint(weight: torch.Tensor) -> tuple[float, float]:
+    """Two float64 sums that change whenever any element of the weight does (no copy of the weight)."""
+    w = weight.detach().double()
+    return float(w.sum()), float((w * w).sum())
+
+
+def merge_adapter(base: str, adapter_dir: Path, dtype: torch.dtype) -> Any:
+    """The base loaded unquantized in `dtype` with the adapter merged in; checked that it merged."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    check_not_quantized(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)  # no quantization_config: plain weights
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    layers = lora_layers(model)
+    weights = [layer.get_base_layer().weight for layer in layers]
+    before = [weight_fingerprint(w) for w in weights]
+    nonzero = any(bool(p.detach().any()) for name, p in model.named_parameters() if "lora_B" in name)
+    merged = model.merge_and_unload()
+    left = [name for name, module in merged.named_modules() if "lora_" in name or module in layers]
+    if left:
+        raise RuntimeError(f"merge_and_unload left LoRA modules in the model: {left[:3]}")
+    # The merge rewrites each layer's weight in place (the same Parameter objects).
+    changed = sum(weight_fingerprint(w) != fp for w, fp in zip(weights, before, strict=True))
+    if nonzero and changed == 0:
+        raise RuntimeError(
+            f"the adapter is non-zero but merging it changed no weight in {dtype}: its updates are below "
+            "the resolution of that dtype. Export with --dtype float32"
+        )
+    return merged
+
+
+def probe_logits(model: Any, vocab_size: int) -> torch.Tensor:
+    """Logits of a fixed token sequence, to compare two copies of a model."""
+    ids = (torch.arange(32) * 7919 % vocab_size).unsqueeze(0)
+    with torch.no_grad():
+        return model(input_ids=ids.to(model.device)).logits.float().cpu()
+
+
+def build_merged(base: str, adapter_dir: Path, dtype_name: str, out: Path, *, verify: bool = True) -> dict[str, Any]:
+    """Merge, save safetensors + tokenizer + config to `out`, and reload them to check the logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = EXPORT_DTYPES[dtype_name]
+    merged = merge_adapter(base, adapter_dir, dtype)
+    merged.save_pretrained(out, safe_serialization=True)
+    # The adapter directory's tokenizer is the one the run trained with (chat template included).
+    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+    AutoTokenizer.from_pretrained(str(adapter_dir) if has_tokenizer else base).save_pretrained(out)
+    info: dict[str, Any] = {}
+    if verify:
+        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=dtype)
+        vocab = merged.config.vocab_size
+        expected, got = probe_logits(merged, vocab), probe_logits(reloaded, vocab)
+        error = float((expected - got).abs().max())
+        if error > 1e-3 * max(1.0, float(expected.abs().max())):
+            raise RuntimeError(f"the saved merged model reloads to different logits (max abs error {error:.3g})")
+        info["reload_max_abs_logit_error"] = error
+    return info
+
+
+def build_gguf(base: str, adapter_dir: Path, dtype_name: str, quantization: str, out: Path) -> None:
+    """The verified merged_16bit export, converted by Unsloth's save_pretrained_gguf (GPU only)."""
+    from sete_lite.model import GPU_EXTRA, unsloth_available
+
+    if not (torch.cuda.is_available() and unsloth_available()):
+        raise RuntimeError(
+            "gguf export converts with Unsloth's save_pretrained_gguf, which needs a CUDA GPU and the unsloth "
+            f"package ({GPU_EXTRA}). Without them: export --method merged_16bit, then convert with llama.cpp: "
+            "python llama.cpp/convert_hf_to_gguf.py OUTPUT --outtype f16 (and llama-quantize for q4_k_m)"
+        )
+    if quantization not in GGUF_QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {GGUF_QUANTIZATIONS}, got '{quantization}'")
+    merged_dir = out / "merged_16bit"
+    merged_dir.mkdir()
+    build_merged(base, adapter_dir, dtype_name, merged_dir)
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(merged_dir), load_in_4bit=False, dtype=EXPORT_DTYPES[dtype_name]
+    )
+    model.save_pretrained_gguf(str(out), tokenizer, quantization_method=quantization)
+    shutil.rmtree(merged_dir)
+
+
+def export(
+    adapter_dir: Path,
+    output: str | Path,
+    method: str,
+    *,
+    base: str | None = None,
+    dtype: str = "bfloat16",
+    quantization: str = "q8_0",
+    verify: bool = True,
+) -> Path:
+    """Export the adapter at `adapter_dir` to `output` with `method`; returns the output directory."""
+    check_method(method, dtype)
+    base_name = resolve_base(adapter_dir, base)
+    info: dict[str, Any] = {"method": method, "adapter": str(adapter_dir), "base": base_name}
+
+    def build(out: Path) -> None:
+        if method == "lora":
+            build_lora(adapter_dir, out)
+        elif method == "merged_16bit":
+            info.update(dtype=dtype, **build_merged(base_name, adapter_dir, dtype, out, verify=verify))
+        else:
+            build_gguf(base_name, adapter_dir, dtype, quantization, out)
+            info.update(dtype=dtype, quantization=quantization)
+        write_info(out, info)
+
+    return publish(Path(output), build)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sete_lite.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", help="a training run directory (its adapter/ is exported)")
+    source.add_argument("--adapter", help="an adapter directory written by save_pretrained")
+    parser.add_argument("--stage", type=int, help="with --run-dir: the adapter saved at the end of stage K")
+    parser.add_argument("--base", help="base model (default: the one recorded in the adapter's config)")
+    parser.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    parser.add_argument("--output", required=True, help="output directory (replaced atomically)")
+    parser.add_argument("--dtype", default="bfloat16", help=f"merged weights: {', '.join(EXPORT_DTYPES)}")
+    parser.add_argument("--quantization", default="q8_0", help=f"gguf: {', '.join(GGUF_QUANTIZATIONS)}")
+    parser.add_argument("--no-verify", action="store_true", help="merged_16bit: skip the reload-and-compare check")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    check_method(args.method, args.dtype)  # before anything is loaded
+    adapter_dir = resolve_adapter(args.run_dir, args.adapter, args.stage)
+    out = export(
+        adapter_dir,
+        args.output,
+        args.method,
+        base=args.base,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        verify=not args.no_verify,
+    )
+    print(f"exported {adapter_dir} ({args.method}) to {out}")
+    print(json.dumps(json.loads((out / EXPORT_INFO).read_text()), indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
