@@ -225,18 +225,23 @@ def build_merged(base: str, adapter_dir: Path, dtype_name: str, out: Path, *, ve
     return info
 
 
-def build_gguf(base: str, adapter_dir: Path, dtype_name: str, quantization: str, out: Path) -> None:
-    """The verified merged_16bit export, converted by Unsloth's save_pretrained_gguf (GPU only)."""
+def check_gguf_possible(quantization: str) -> None:
+    """gguf needs Unsloth on a CUDA GPU; say what to do instead, before any model is loaded."""
     from sete_lite.model import GPU_EXTRA, unsloth_available
 
+    if quantization not in GGUF_QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {GGUF_QUANTIZATIONS}, got '{quantization}'")
     if not (torch.cuda.is_available() and unsloth_available()):
         raise RuntimeError(
             "gguf export converts with Unsloth's save_pretrained_gguf, which needs a CUDA GPU and the unsloth "
-            f"package ({GPU_EXTRA}). Without them: export --method merged_16bit, then convert with llama.cpp: "
-            "python llama.cpp/convert_hf_to_gguf.py OUTPUT --outtype f16 (and llama-quantize for q4_k_m)"
+            f"package: {GPU_EXTRA}. Without them: export --method merged_16bit, then convert that directory "
+            "with llama.cpp: python llama.cpp/convert_hf_to_gguf.py OUTPUT --outtype f16 (then llama-quantize "
+            "for q4_k_m)"
         )
-    if quantization not in GGUF_QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {GGUF_QUANTIZATIONS}, got '{quantization}'")
+
+
+def build_gguf(base: str, adapter_dir: Path, dtype_name: str, quantization: str, out: Path) -> None:
+    """The verified merged_16bit export, converted by Unsloth's save_pretrained_gguf (GPU only)."""
     merged_dir = out / "merged_16bit"
     merged_dir.mkdir()
     build_merged(base, adapter_dir, dtype_name, merged_dir)
@@ -261,6 +266,8 @@ def export(
 ) -> Path:
     """Export the adapter at `adapter_dir` to `output` with `method`; returns the output directory."""
     check_method(method, dtype)
+    if method == "gguf":
+        check_gguf_possible(quantization)
     base_name = resolve_base(adapter_dir, base)
     info: dict[str, Any] = {"method": method, "adapter": str(adapter_dir), "base": base_name}
 
