@@ -60,6 +60,18 @@ def build(cls: type, values: dict[str, Any]):
     return cls(**{k: v for k, v in values.items() if k in own})
 
 
+def read_values(
+    path: str | Path | None = None, overrides: typing.Sequence[str] = (), defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The flat mapping a config describes: `defaults`, then the file, then `key=value` overrides."""
+    values: dict[str, Any] = dict(defaults or {})
+    values.update(load_yaml(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    return values
+
+
 def parse_config(
     dataclass_types: typing.Sequence[type],
     path: str | Path | None = None,
@@ -71,10 +83,6 @@ def parse_config(
     `defaults` are applied first, then the file, then the overrides. Every key must be a field of
     one of `dataclass_types`.
     """
-    values: dict[str, Any] = dict(defaults or {})
-    values.update(load_yaml(path))
-    for text in overrides:
-        key, value = parse_override(text)
-        values[key] = value
+    values = read_values(path, overrides, defaults)
     check_known_keys(values, field_names(*dataclass_types), str(path) if path else "overrides")
     return tuple(build(cls, values) for cls in dataclass_types)

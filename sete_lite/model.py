@@ -88,6 +88,22 @@ def resolve_backend(cfg: ModelConfig) -> str:
     return cfg.backend
 
 
+def import_unsloth(vllm_standby: bool) -> None:
+    """Import Unsloth, which patches transformers and TRL when imported: before either is used."""
+    if vllm_standby:
+        # Read by unsloth at import time: vLLM's KV cache is released while the trainer runs.
+        os.environ["UNSLOTH_VLLM_STANDBY"] = "1"
+    import unsloth  # noqa: F401
+
+
+def import_unsloth_first(values: dict[str, Any]) -> None:
+    """For CLIs, given the raw config values: import Unsloth now if this run will use it, before
+    anything imports transformers or TRL (parsing a training config imports TRL's GRPOConfig)."""
+    cfg = ModelConfig(backend=values.get("backend", "auto"), vllm_standby=values.get("vllm_standby", False))
+    if resolve_backend(cfg) == "unsloth":
+        import_unsloth(cfg.vllm_standby)
+
+
 def resolve_dtype(cfg: ModelConfig) -> torch.dtype:
     if cfg.dtype != "auto":
         return DTYPES[cfg.dtype]
@@ -216,9 +232,7 @@ def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
 
 
 def _load_unsloth(cfg: ModelConfig) -> tuple[Any, Any]:
-    if cfg.vllm_standby:
-        # Read by unsloth at import time: vLLM's KV cache is released while the trainer runs.
-        os.environ["UNSLOTH_VLLM_STANDBY"] = "1"
+    import_unsloth(cfg.vllm_standby)
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(

@@ -271,15 +271,16 @@ def write_score_report(rows: list[dict], scores_dir: Path, cfg: ScoreConfig) -> 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from sete_lite.config import parse_config
+    from sete_lite.config import parse_config, read_values
     from sete_lite.data import DataConfig, load_records
-    from sete_lite.model import ModelConfig, load_policy
+    from sete_lite.model import ModelConfig, import_unsloth_first, load_policy
     from sete_lite.rollout import make_engine
 
     parser = argparse.ArgumentParser(description="Semantic-entropy scoring pass (SENT curriculum).")
     parser.add_argument("--config", help="flat YAML config (model, data and scoring keys)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     args = parser.parse_args(argv)
+    import_unsloth_first(read_values(args.config, args.set))
     model_cfg, data_cfg, cfg = parse_config([ModelConfig, DataConfig, ScoreConfig], args.config, args.set)
 
     records = load_records(data_cfg)

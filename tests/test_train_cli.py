@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from sete_lite.model import ModelConfig, load_policy
-from sete_lite.train import main, read_jsonl
+from sete_lite.rundir import read_jsonl
+from sete_lite.train import main
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -166,7 +167,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, tiny_model_dir
         ({"num_generations": 1}, ValueError, "at least 2"),
         ({"answer_column": "solution"}, KeyError, "no column"),
         ({"model_name_or_path": "./no/such/model"}, FileNotFoundError, "does not exist"),
-        ({"backend": "unsloth"}, ValueError, "CUDA GPU"),
+        ({"backend": "unsloth"}, RuntimeError, "needs a CUDA GPU"),
         ({"rollout_engine": "vllm"}, ValueError, "CUDA GPU"),
         ({"bf16": True}, ValueError, "CUDA GPU"),
         ({"mode": "ppo"}, ValueError, "mode"),
@@ -193,3 +194,10 @@ def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path, tiny_model_dir
     config = write_config(tmp_path / "c.yaml", tiny_model_dir)
     with pytest.raises(ValueError, match="--resume"):
         main(["--config", str(config), "--output-dir", str(tmp_path / "run")])
+
+
+def test_cli_modules_do_not_import_transformers_or_trl_before_the_model_is_loaded():
+    """Unsloth must be imported before transformers and TRL, which the CLIs do once they know the backend."""
+    probe = "import sys, sete_lite.train, sete_lite.score; print(sorted({'transformers', 'trl'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"

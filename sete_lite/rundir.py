@@ -1,0 +1,138 @@
+"""The run directory: what a training run writes, and the callbacks that write it as training goes.
+
+- `metrics.jsonl` and `rollouts.jsonl`: one synced line per logged step / per generation batch;
+  a resumed run first drops the lines its killed predecessor wrote after the checkpoint.
+- `checkpoint-N/`: TRL/transformers checkpoints, each marked complete once fully written, so a
+  half-written checkpoint is never resumed from.
+- `adapter/` (and `adapter/stage-K/` at each curriculum stage end): saved to a temporary sibling,
+  then swapped in.
+Plus the one progress bar of a run, with reward, entropy, KL and the curriculum stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+CHECKPOINT_DONE = "sete_checkpoint_complete"
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint-N directory whose save finished (half-written ones are ignored)."""
+    done = [p for p in output_dir.glob("checkpoint-*") if (p / CHECKPOINT_DONE).exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one whole line, synced to disk (a crash leaves at most a torn last line)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of a jsonl file (a torn last line is skipped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def trainer_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Keep only the rows up to `last_step` of a per-step jsonl log (atomically)."""
+    kept = [row for row in read_jsonl(path) if row["step"] <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    os.replace(tmp, path)
+
+
+def save_adapter_atomically(model, directory: Path, tokenizer=None) -> None:
+    """Save the LoRA adapter to a temporary sibling, then swap it in: never a half-written adapter."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    # Stage adapters saved earlier live inside the final adapter directory: carry them over.
+    if directory.exists():
+        for child in directory.iterdir():
+            if child.is_dir() and child.name.startswith("stage-"):
+                child.rename(tmp / child.name)
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(directory)
+
+
+class RunRecorder(TrainerCallback):
+    """Writes the run directory as training goes: metrics.jsonl (one synced line per log),
+    rollouts.jsonl (the prompt ids each step sampled), a completion marker in each checkpoint, and
+    the adapter at the end of every curriculum stage."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.trainer = None  # set once the trainer exists: stage boundaries come from its sampler
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            append_jsonl(self.output_dir / "metrics.jsonl", {"step": state.global_step, **logs})
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = self.output_dir / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            (checkpoint / CHECKPOINT_DONE).write_text(json.dumps({"step": state.global_step}))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.trainer is None:
+            return
+        for entry in self.trainer.rollout_log:
+            append_jsonl(self.output_dir / "rollouts.jsonl", entry)
+        self.trainer.rollout_log.clear()
+        if self.trainer.curriculum_stages is None:
+            return
+        step = state.global_step
+        stage = self.trainer.stage_of_step(step - 1)
+        if step == state.max_steps or self.trainer.stage_of_step(step) != stage:
+            save_adapter_atomically(model, self.output_dir / "adapter" / f"stage-{stage}")
+
+
+class RewardEntropyBar(TrainerCallback):
+    """One tqdm bar over the whole run with reward, entropy, KL and stage, instead of HF's log dumps."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="SENT", unit="step")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            postfix = {k: round(logs[k], 4) for k in ("reward", "entropy", "kl") if logs.get(k) is not None}
+            if "curriculum/stage" in logs:
+                postfix["stage"] = int(logs["curriculum/stage"])
+            self.bar.set_postfix(postfix)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
