@@ -6,9 +6,9 @@ users miss when a "merged" export silently does not merge or comes out as garbag
 - `lora`: the adapter alone (adapter_config.json + adapter_model.safetensors + tokenizer).
 - `merged_16bit`: the base loaded in 16-bit (never 4-bit: merging into quantized weights rounds
   the adapter away), the adapter attached with peft and merged with `merge_and_unload`; safetensors
-  + tokenizer + config that transformers and vLLM load as is. Checked before it is published: no
-  LoRA module is left, the merge changed the weights (a non-zero adapter that changes nothing means
-  it was rounded away), and the saved files reload with plain transformers to the same logits.
+  + tokenizer + config that transformers and vLLM load as is. Checked before it is published: each
+  weight changed by the adapter's update B @ A * scaling (not rounded away in 16-bit), no LoRA
+  module is left, and the saved files reload with plain transformers to the same logits.
 - `gguf`: the verified merged_16bit export converted by Unsloth's `save_pretrained_gguf` (GPU,
   llama.cpp underneath); elsewhere a clear error with the manual llama.cpp route.
 
@@ -37,6 +37,8 @@ EXPORT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32"
 GGUF_QUANTIZATIONS = ("f16", "bf16", "q8_0", "q4_k_m", "q5_k_m")
 EXPORT_INFO = "export_info.json"  # marks a directory as a finished export (and says what it holds)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# The largest share of the adapter's update (relative norm) that rounding in the export dtype may lose.
+MAX_MERGE_ERROR = 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,42 +160,42 @@ def build_lora(adapter_dir: Path, out: Path) -> None:
             shutil.copy2(path, out / path.name)
 
 
-def lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def merge_adapter(base: str, adapter_dir: Path, dtype: torch.dtype) -> tuple[Any, float]:
+    """The base loaded unquantized in `dtype` with the adapter merged in, and the merge's relative error.
 
-    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
-
-
-def weight_fingerprint(weight: torch.Tensor) -> tuple[float, float]:
-    """Two float64 sums that change whenever any element of the weight does (no copy of the weight)."""
-    w = weight.detach().double()
-    return float(w.sum()), float((w * w).sum())
-
-
-def merge_adapter(base: str, adapter_dir: Path, dtype: torch.dtype) -> Any:
-    """The base loaded unquantized in `dtype` with the adapter merged in; checked that it merged."""
+    Layer by layer (one weight copy at a time): the change the merge made to the weight is compared
+    with the adapter's delta B @ A * scaling, so an adapter that is rounded away in 16-bit, or a merge
+    that does not happen, is caught rather than published.
+    """
     from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers import AutoModelForCausalLM
 
     check_not_quantized(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)  # no quantization_config: plain weights
     model = PeftModel.from_pretrained(model, str(adapter_dir))
-    layers = lora_layers(model)
-    weights = [layer.get_base_layer().weight for layer in layers]
-    before = [weight_fingerprint(w) for w in weights]
-    nonzero = any(bool(p.detach().any()) for name, p in model.named_parameters() if "lora_B" in name)
-    merged = model.merge_and_unload()
-    left = [name for name, module in merged.named_modules() if "lora_" in name or module in layers]
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    lost = delta = 0.0  # squared norms, summed over layers
+    for layer in layers:
+        weight = layer.get_base_layer().weight
+        before = weight.detach().float().clone()
+        expected = layer.get_delta_weight(model.active_adapter).float()
+        layer.merge()
+        lost += float((weight.detach().float() - before - expected).pow(2).sum())
+        delta += float(expected.pow(2).sum())
+    # Every layer is merged now: unload() swaps each LoRA layer for its (merged) base layer, which is
+    # what merge_and_unload does after merging.
+    merged = model.unload()
+    left = [name for name, module in merged.named_modules() if "lora_" in name or isinstance(module, BaseTunerLayer)]
     if left:
-        raise RuntimeError(f"merge_and_unload left LoRA modules in the model: {left[:3]}")
-    # The merge rewrites each layer's weight in place (the same Parameter objects).
-    changed = sum(weight_fingerprint(w) != fp for w, fp in zip(weights, before, strict=True))
-    if nonzero and changed == 0:
+        raise RuntimeError(f"LoRA modules are left in the merged model: {left[:3]}")
+    relative_error = (lost / delta) ** 0.5 if delta > 0 else 0.0
+    if relative_error > MAX_MERGE_ERROR:
         raise RuntimeError(
-            f"the adapter is non-zero but merging it changed no weight in {dtype}: its updates are below "
-            "the resolution of that dtype. Export with --dtype float32"
+            f"merging in {str(dtype).removeprefix('torch.')} lost {relative_error:.0%} of the adapter's update "
+            "(its changes are below the resolution of the weights in that dtype); export with --dtype float32"
         )
-    return merged
+    return merged, relative_error
 
 
 def probe_logits(model: Any, vocab_size: int) -> torch.Tensor:
@@ -208,12 +210,12 @@ def build_merged(base: str, adapter_dir: Path, dtype_name: str, out: Path, *, ve
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = EXPORT_DTYPES[dtype_name]
-    merged = merge_adapter(base, adapter_dir, dtype)
+    merged, merge_error = merge_adapter(base, adapter_dir, dtype)
     merged.save_pretrained(out, safe_serialization=True)
     # The adapter directory's tokenizer is the one the run trained with (chat template included).
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
     AutoTokenizer.from_pretrained(str(adapter_dir) if has_tokenizer else base).save_pretrained(out)
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"merge_relative_error": merge_error}
     if verify:
         reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=dtype)
         vocab = merged.config.vocab_size
