@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 from support_rewards import length_reward
 
-from sete_lite.loss import MODES, policy_loss
+from sete_lite.loss import MODES, LossConfig, policy_loss
 from sete_lite.model import ModelConfig, load_policy
 from sete_lite.rollout import TransformersEngine
 from sete_lite.trainer import SENTConfig, SENTTrainer
@@ -73,6 +73,14 @@ def plain_logprobs(model, input_ids, attention_mask, completion_length):
     return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def recomputed_loss(trainer) -> float:
+    """policy_loss on the tensors the trainer's last loss saw, with the trainer's LossConfig."""
+    seen = trainer.last_loss_inputs
+    names = ("logp", "old_logp", "ref_logp", "advantages", "entropy", "mask")
+    loss, _ = policy_loss(*(seen[name] for name in names), trainer.loss_config)
+    return loss.item()
+
+
 def test_trainer_optimises_policy_loss_on_its_own_tensors(tiny_model_dir, tmp_path):
     trainer, model, _ = make_trainer(tiny_model_dir, tmp_path, steps=1)
     captured = {}
@@ -87,16 +95,7 @@ def test_trainer_optimises_policy_loss_on_its_own_tensors(tiny_model_dir, tmp_pa
     seen = trainer.last_loss_inputs
     inputs = captured["inputs"]
     # The loss value is exactly policy_loss on those tensors with the configured LossConfig.
-    expected, _ = policy_loss(
-        seen["logp"],
-        seen["old_logp"],
-        seen["ref_logp"],
-        seen["advantages"],
-        seen["entropy"],
-        seen["mask"],
-        trainer.loss_config,
-    )
-    assert seen["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert seen["loss"].item() == pytest.approx(recomputed_loss(trainer), rel=1e-6)
     assert seen["ref_logp"] is not None  # sent needs the adapters-off reference
     # Reference log-probs: the base model (adapters off) through an ordinary forward pass.
     input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
@@ -135,18 +134,8 @@ def test_every_loss_mode_runs_through_the_trainer(tiny_model_dir, tmp_path, mode
     trainer.train()
     seen = trainer.last_loss_inputs
     assert (seen["ref_logp"] is not None) == trainer.loss_config.needs_reference()
-    expected, _ = policy_loss(
-        seen["logp"],
-        seen["old_logp"],
-        seen["ref_logp"],
-        seen["advantages"],
-        seen["entropy"],
-        seen["mask"],
-        trainer.loss_config,
-        generator=None,
-    )
     if mode != "clip_cov":  # clip_cov draws its detached tokens at random
-        assert seen["loss"].item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-9)
+        assert seen["loss"].item() == pytest.approx(recomputed_loss(trainer), rel=1e-6, abs=1e-9)
     logged = trainer.state.log_history[0]
     for key in ("reward", "reward_std", "frac_reward_zero_std", "entropy", "clip_ratio", "step_time"):
         assert key in logged
@@ -159,6 +148,12 @@ def test_curriculum_trains_stage_by_stage(tiny_model_dir, tmp_path):
     logged = [row["curriculum/stage"] for row in trainer.state.log_history if "curriculum/stage" in row]
     assert logged == [0.0, 0.0, 1.0, 1.0]
     assert [trainer.stage_of_step(s) for s in range(4)] == [0, 0, 1, 1]
+
+
+def test_config_loss_defaults_are_loss_config_defaults():
+    # SENTConfig repeats LossConfig's fields (TRL users set them on the config): same defaults.
+    for mode in MODES:
+        assert SENTConfig(output_dir="x", mode=mode, use_cpu=True).loss_config() == LossConfig(mode=mode)
 
 
 def test_config_validates_loss_fields_early():
