@@ -31,6 +31,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,9 +265,11 @@ def evaluate(
     `benchmarks` maps a label to records with at least `id`, `prompt` and `answer` (as
     `load_benchmarks` or `sete_lite.data.load_records` return them). `use_adapter=False` evaluates
     the base policy of a LoRA model. Returns {"benchmarks": {label: scores}, "average": scores,
-    "samples": [one row per sample]}; scores hold num_problems, num_samples, avg and pass@k.
+    "seconds": wall time, "samples": [one row per sample]}; scores hold num_problems, num_samples,
+    avg and pass@k.
     """
     n = cfg.eval_num_samples
+    started = time.perf_counter()
     samples: list[dict[str, Any]] = []
     per_benchmark: dict[str, dict[str, Any]] = {}
     total = sum(len(records) for records in benchmarks.values())
@@ -307,6 +310,7 @@ def evaluate(
     return {
         "benchmarks": per_benchmark,
         "average": average_scores(per_benchmark, cfg.eval_k),
+        "seconds": round(time.perf_counter() - started, 2),  # sampling and grading
         "samples": samples,
     }
 
@@ -330,6 +334,7 @@ def write_results(results: dict[str, Any], cfg: EvalConfig, output_dir: Path, me
     summary = {
         "benchmarks": results["benchmarks"],
         "average": results["average"],
+        "seconds": results["seconds"],
         "config": asdict(cfg),
         **meta,
     }
