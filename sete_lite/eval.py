@@ -111,10 +111,13 @@ class EvalConfig:
             raise ValueError(f"eval_benchmarks is empty; name some of {sorted(BENCHMARKS)} or local data files")
         if min(self.eval_num_samples, self.eval_batch_size, self.eval_max_tokens) < 1:
             raise ValueError("eval_num_samples, eval_batch_size and eval_max_tokens must be at least 1")
-        too_big = [k for k in self.eval_k if k > self.eval_num_samples]
-        if too_big or any(k < 1 for k in self.eval_k):
+        if not self.eval_k:
+            raise ValueError("eval_k is empty; give the k of Pass@k, e.g. [1, 8, 16]")
+        if min(self.eval_k) < 1:
+            raise ValueError(f"every k in eval_k must be at least 1, got {self.eval_k}")
+        if max(self.eval_k) > self.eval_num_samples:
             raise ValueError(
-                f"every k in eval_k must be in [1, n={self.eval_num_samples}], got {self.eval_k}: "
+                f"Pass@k needs k <= n: eval_k={self.eval_k} with eval_num_samples={self.eval_num_samples}; "
                 f"raise eval_num_samples to at least {max(self.eval_k)} or drop the larger k"
             )
         if self.eval_max_problems is not None and self.eval_max_problems < 1:
@@ -454,7 +457,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for label, records in benchmarks.items()
         }
     longest_prompt = max(len(tokenizer(r["prompt"])["input_ids"]) for rs in benchmarks.values() for r in rs)
-    engine = pick_engine(cfg.rollout_engine, model, tokenizer, model_cfg, longest_prompt + cfg.eval_max_tokens)
+    needed = longest_prompt + cfg.eval_max_tokens
+    if getattr(model, "vllm_engine", None) is not None and needed > model_cfg.max_seq_length:
+        # Unsloth's vLLM was started with max_model_len = max_seq_length and would reject the longest prompts.
+        raise ValueError(
+            f"the longest prompt ({longest_prompt} tokens) plus eval_max_tokens ({cfg.eval_max_tokens}) exceeds "
+            f"max_seq_length={model_cfg.max_seq_length}; set max_seq_length to at least {needed}"
+        )
+    engine = pick_engine(cfg.rollout_engine, model, tokenizer, model_cfg, needed)
     # Without an adapter, load_policy's fresh LoRA is switched off: exactly the base model.
     use_adapter = model_cfg.adapter_path is not None
     meta = {"model": model_cfg.model_name_or_path, "adapter": model_cfg.adapter_path, "engine": type(engine).__name__}
