@@ -382,11 +382,12 @@ def adapter_model_config(model_cfg: Any, adapter: str | None, model: str | None)
                 "(a run's adapter/ or adapter/stage-K), or leave --adapter out to evaluate the base model"
             )
         saved = json.loads(config_file.read_text())
+        targets = saved["target_modules"]  # a list of module names, or one regex string
         changes.update(
             adapter_path=adapter,
             lora_r=saved["r"],
             lora_alpha=saved["lora_alpha"],
-            lora_target_modules=sorted(saved["target_modules"]),
+            lora_target_modules=sorted(targets) if isinstance(targets, list) else targets,
         )
         if not model:
             changes["model_name_or_path"] = saved["base_model_name_or_path"]
