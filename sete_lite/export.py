@@ -227,12 +227,14 @@ def build_merged(base: str, adapter_dir: Path, dtype_name: str, out: Path, *, ve
     return info
 
 
-def check_gguf_possible(quantization: str) -> None:
-    """gguf needs Unsloth on a CUDA GPU; say what to do instead, before any model is loaded."""
+def check_gguf_possible(quantization: str, dtype: str) -> None:
+    """gguf needs Unsloth on a CUDA GPU and 16-bit weights; say what to do instead, before any loading."""
     from sete_lite.model import GPU_EXTRA, unsloth_available
 
     if quantization not in GGUF_QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {GGUF_QUANTIZATIONS}, got '{quantization}'")
+    if dtype == "float32":
+        raise ValueError("gguf conversion starts from 16-bit weights: pass --dtype bfloat16 or float16")
     if not (torch.cuda.is_available() and unsloth_available()):
         raise RuntimeError(
             "gguf export converts with Unsloth's save_pretrained_gguf, which needs a CUDA GPU and the unsloth "
@@ -243,7 +245,11 @@ def check_gguf_possible(quantization: str) -> None:
 
 
 def build_gguf(base: str, adapter_dir: Path, dtype_name: str, quantization: str, out: Path) -> None:
-    """The verified merged_16bit export, converted by Unsloth's save_pretrained_gguf (GPU only)."""
+    """The verified merged_16bit export, converted by Unsloth's save_pretrained_gguf (GPU only).
+
+    Unsloth converts a local non-PEFT checkpoint in place and, depending on its version, writes the
+    .gguf files next to it or to a `<dir>_gguf` sibling; they are all gathered into `out`.
+    """
     merged_dir = out / "merged_16bit"
     merged_dir.mkdir()
     build_merged(base, adapter_dir, dtype_name, merged_dir)
@@ -252,8 +258,17 @@ def build_gguf(base: str, adapter_dir: Path, dtype_name: str, quantization: str,
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(merged_dir), load_in_4bit=False, dtype=EXPORT_DTYPES[dtype_name]
     )
-    model.save_pretrained_gguf(str(out), tokenizer, quantization_method=quantization)
+    result = model.save_pretrained_gguf(str(merged_dir), tokenizer, quantization_method=quantization)
+    side_dir = Path(f"{merged_dir}_gguf")
+    files = [Path(f) for f in result.get("gguf_files") or []] if isinstance(result, dict) else []
+    files = files or [*merged_dir.glob("*.gguf"), *side_dir.glob("*.gguf")]
+    if not files:
+        raise RuntimeError(f"Unsloth's save_pretrained_gguf finished but wrote no .gguf file (returned {result!r})")
+    for path in [*files, side_dir / "Modelfile"]:
+        if path.is_file():
+            shutil.move(str(path), out / path.name)
     shutil.rmtree(merged_dir)
+    shutil.rmtree(side_dir, ignore_errors=True)
 
 
 def export(
@@ -269,7 +284,7 @@ def export(
     """Export the adapter at `adapter_dir` to `output` with `method`; returns the output directory."""
     check_method(method, dtype)
     if method == "gguf":
-        check_gguf_possible(quantization)
+        check_gguf_possible(quantization, dtype)
     base_name = resolve_base(adapter_dir, base)
     info: dict[str, Any] = {"method": method, "adapter": str(adapter_dir), "base": base_name}
 

@@ -209,6 +209,10 @@ def test_bad_input_gets_a_clear_early_error(tmp_path: Path, tiny_model_dir: Path
         main(["--adapter", str(adapter_dir), "--method", "merged_4bit", "--output", str(tmp_path / "o")])
     with pytest.raises(ValueError, match="method must be one of"):
         main(["--adapter", str(adapter_dir), "--method", "merged", "--output", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="gguf conversion starts from 16-bit weights"):
+        export(adapter_dir, tmp_path / "g", "gguf", base=str(tiny_model_dir), dtype="float32")
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        export(adapter_dir, tmp_path / "g", "gguf", base=str(tiny_model_dir), quantization="q3")
     with pytest.raises(ValueError, match="dtype must be one of"):
         main(["--adapter", str(adapter_dir), "--method", "merged_16bit", "--dtype", "int8", "--output", "o"])
     with pytest.raises(FileNotFoundError, match=r"run directory .* does not exist"):
