@@ -98,6 +98,7 @@ class EvalConfig:
     eval_use_chat_template: bool = False  # wrap prompts in the tokenizer's chat template (instruct models)
     eval_system_prompt: str | None = None
     eval_output_dir: str = "runs/eval"
+    eval_save_texts: bool = True  # each sample's text in samples.jsonl (~30 KB a sample at 8k tokens)
     seed: int = 0
     rollout_engine: str = "auto"  # auto: vLLM when available (Unsloth's, else plain on a GPU), else transformers
     answer_timeout_s: float = DEFAULT_TIMEOUT_S  # per answer parse / comparison
@@ -302,7 +303,7 @@ def evaluate(
                             "correct": verdict,
                             "finish_reason": c.finish_reason,
                             "num_tokens": len(c.token_ids),
-                            "text": c.text,
+                            **({"text": c.text} if cfg.eval_save_texts else {}),
                         }
                         for i, (c, answer, verdict) in enumerate(zip(completions, answers, verdicts, strict=True))
                     )

@@ -191,10 +191,12 @@ def test_whole_evaluation_gives_the_exact_scores(two_benchmarks) -> None:
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 
-def test_the_base_policy_can_be_evaluated(two_benchmarks) -> None:
+def test_the_base_policy_can_be_evaluated_without_keeping_texts(two_benchmarks) -> None:
     cfg, engine, _ = two_benchmarks
-    evaluate(engine, load_benchmarks(cfg), cfg, use_adapter=False, progress=False)
+    cfg.eval_save_texts = False
+    results = evaluate(engine, load_benchmarks(cfg), cfg, use_adapter=False, progress=False)
     assert {call[3] for call in engine.calls} == {False}
+    assert "text" not in results["samples"][0] and results["samples"][0]["answer"] == "239"
 
 
 def test_an_engine_returning_too_few_samples_is_an_error(two_benchmarks) -> None:
