@@ -334,3 +334,16 @@ def test_cli_on_the_tiny_model_with_and_without_an_adapter(tmp_path: Path, tiny_
         for name in ("base", "adapted")
     }
     assert texts["base"] != texts["adapted"]
+
+
+def test_the_paper_config_asks_for_the_papers_setting() -> None:
+    from sete_lite.config import parse_config
+    from sete_lite.eval import PAPER_BENCHMARKS
+
+    model_cfg, cfg = parse_config([ModelConfig, EvalConfig], REPO / "configs" / "eval_paper.yaml")
+    assert (
+        cfg.eval_benchmarks == PAPER_BENCHMARKS == ["AIME24", "AIME25", "AMC23", "MATH500", "OlympiadBench", "Minerva"]
+    )
+    assert (cfg.eval_num_samples, cfg.eval_temperature, cfg.eval_top_p) == (16, 1.0, 0.9)
+    assert "Please reason step by step, and put your final answer within \\boxed{}." in cfg.eval_prompt_template
+    assert not model_cfg.load_in_4bit and model_cfg.max_seq_length >= cfg.eval_max_tokens + 512
