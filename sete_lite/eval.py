@@ -435,8 +435,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from sete_lite.config import parse_config
-    from sete_lite.model import ModelConfig, load_policy
+    from sete_lite.config import parse_config, read_values
+    from sete_lite.model import ModelConfig, import_unsloth_first, load_policy
 
     args = parse_args(argv)
     flags = {
@@ -447,6 +447,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_output_dir": args.output_dir,
     }
     overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None] + args.set
+    import_unsloth_first(read_values(args.config, overrides))  # Unsloth patches transformers: before it loads
     model_cfg, cfg = parse_config([ModelConfig, EvalConfig], args.config, overrides)
     model_cfg = adapter_model_config(model_cfg, args.adapter, args.model)
     model_cfg = dataclasses.replace(model_cfg, gradient_checkpointing=False)  # no training here

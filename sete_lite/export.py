@@ -285,6 +285,9 @@ def export(
     check_method(method, dtype)
     if method == "gguf":
         check_gguf_possible(quantization, dtype)
+        from sete_lite.model import import_unsloth
+
+        import_unsloth(vllm_standby=False)  # Unsloth patches transformers and peft: before they are imported
     base_name = resolve_base(adapter_dir, base)
     info: dict[str, Any] = {"method": method, "adapter": str(adapter_dir), "base": base_name}
 
