@@ -38,9 +38,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from sete_lite.atomic import write_text
 from sete_lite.data import DEFAULT_PROMPT_TEMPLATE, LOCAL_FORMATS, DataConfig, apply_chat_template, load_records
 from sete_lite.rollout import ENGINES, RolloutEngine, SamplingConfig
-from sete_lite.score import write_atomic
 from sete_lite.semantic import DEFAULT_TIMEOUT_S, extract_answer, grade_answers
 
 
@@ -343,9 +343,9 @@ def write_results(results: dict[str, Any], cfg: EvalConfig, output_dir: Path, me
         **meta,
     }
     table = format_table(results, cfg.eval_k, cfg.eval_num_samples)
-    write_atomic(output_dir / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in results["samples"]))
-    write_atomic(output_dir / "results.md", table)
-    write_atomic(output_dir / "results.json", json.dumps(summary, indent=2) + "\n")
+    write_text(output_dir / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in results["samples"]))
+    write_text(output_dir / "results.md", table)
+    write_text(output_dir / "results.json", json.dumps(summary, indent=2) + "\n")
     return table
 
 

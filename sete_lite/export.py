@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from sete_lite.atomic import replace_dir
+
 METHODS = ("lora", "merged_16bit", "gguf")
 EXPORT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 GGUF_QUANTIZATIONS = ("f16", "bf16", "q8_0", "q4_k_m", "q5_k_m")
@@ -109,35 +111,17 @@ def check_not_quantized(base: str) -> None:
 
 
 def publish(target: Path, build: Callable[[Path], None]) -> Path:
-    """Run `build(tmp)` on a fresh hidden sibling of `target`, then swap it in for `target`.
+    """Build an export in a hidden sibling of `target` and swap it in (sete_lite.atomic.replace_dir).
 
-    A build that fails (or a process killed mid-build) leaves `target` as it was. Only an empty
-    directory or an earlier export (with export_info.json) is ever replaced.
+    Only an empty directory or an earlier export (with export_info.json) is ever replaced.
     """
     target = Path(target)
-    partial = target.with_name(f".{target.name}.partial")
-    old = target.with_name(f".{target.name}.old")
-    if not target.exists() and old.exists():
-        old.rename(target)  # a previous swap was killed between its two renames: restore the good export
     if target.exists() and any(target.iterdir()) and not (target / EXPORT_INFO).is_file():
         raise FileExistsError(
             f"'{target}' exists and is not an export written by sete_lite.export; choose another --output "
             "(it is never overwritten)"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(partial, ignore_errors=True)  # left by a killed export
-    partial.mkdir()
-    try:
-        build(partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    partial.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+    return replace_dir(target, build)
 
 
 def write_info(directory: Path, info: dict[str, Any]) -> None:

@@ -12,12 +12,13 @@ Plus the one progress bar of a run, with reward, entropy, KL and the curriculum 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
+
+from sete_lite.atomic import append_jsonl, read_jsonl, replace_dir, write_text
 
 CHECKPOINT_DONE = "sete_checkpoint_complete"
 
@@ -28,27 +29,6 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
 
 
-def append_jsonl(path: Path, row: dict) -> None:
-    """Append one whole line, synced to disk (a crash leaves at most a torn last line)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The complete lines of a jsonl file (a torn last line is skipped)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
 def trainer_step(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[1])
 
@@ -56,31 +36,21 @@ def trainer_step(checkpoint: Path) -> int:
 def truncate_log(path: Path, last_step: int) -> None:
     """Keep only the rows up to `last_step` of a per-step jsonl log (atomically)."""
     kept = [row for row in read_jsonl(path) if row["step"] <= last_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def save_adapter_atomically(model, directory: Path, tokenizer=None) -> None:
-    """Save the LoRA adapter to a temporary sibling, then swap it in: never a half-written adapter."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    # Stage adapters saved earlier live inside the final adapter directory: carry them over.
-    if directory.exists():
-        for child in directory.iterdir():
-            if child.is_dir() and child.name.startswith("stage-"):
-                child.rename(tmp / child.name)
-        old = directory.with_name(directory.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(directory)
+    """Save the LoRA adapter to a hidden sibling, then swap it in: never a half-written adapter."""
+
+    def build(partial: Path) -> None:
+        model.save_pretrained(partial)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(partial)
+        # Stage adapters saved earlier live inside the final adapter directory: carry them over.
+        for child in directory.glob("stage-*"):
+            shutil.copytree(child, partial / child.name)
+
+    replace_dir(directory, build)
 
 
 class RunRecorder(TrainerCallback):
@@ -94,7 +64,7 @@ class RunRecorder(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "reward" in logs:
-            append_jsonl(self.output_dir / "metrics.jsonl", {"step": state.global_step, **logs})
+            append_jsonl(self.output_dir / "metrics.jsonl", [{"step": state.global_step, **logs}])
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = self.output_dir / f"checkpoint-{state.global_step}"
@@ -104,8 +74,7 @@ class RunRecorder(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.trainer is None:
             return
-        for entry in self.trainer.rollout_log:
-            append_jsonl(self.output_dir / "rollouts.jsonl", entry)
+        append_jsonl(self.output_dir / "rollouts.jsonl", self.trainer.rollout_log)
         self.trainer.rollout_log.clear()
         if self.trainer.curriculum_stages is None:
             return

@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sete_lite.atomic import append_jsonl, write_text
 from sete_lite.curriculum import stage_indices
 from sete_lite.rollout import Completion, RolloutEngine, SamplingConfig
 from sete_lite.semantic import (
@@ -90,16 +91,6 @@ def producer_record(producer: dict[str, Any], records: list[dict], cfg: ScoreCon
     }
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a temp file in the same directory, then os.replace."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def open_cache(scores_dir: Path, producer: dict[str, Any]) -> dict[str, dict]:
     """The rows already scored by this producer, by id; a new cache when there is none.
 
@@ -120,7 +111,7 @@ def open_cache(scores_dir: Path, producer: dict[str, Any]) -> dict[str, dict]:
     elif scores_path.exists():
         raise ProducerMismatchError(f"{scores_path} exists without producer.json: unknown producer, refusing")
     else:
-        write_atomic(producer_path, json.dumps(producer, indent=2) + "\n")
+        write_text(producer_path, json.dumps(producer, indent=2) + "\n")
     if not scores_path.exists():
         return {}
     data = scores_path.read_bytes()
@@ -134,14 +125,6 @@ def open_cache(scores_dir: Path, producer: dict[str, Any]) -> dict[str, dict]:
             raise ValueError(f"{scores_path} has two rows for id '{row['id']}'; delete it to rescore")
         rows[row["id"]] = row
     return rows
-
-
-def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append whole lines in one write, synced to disk before returning."""
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(row) + "\n" for row in rows))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def mean_logprob(completion: Completion) -> float:
@@ -197,7 +180,7 @@ def score_dataset(
             )
             completions = engine.generate([r["prompt"] for r in batch], cfg.se_num_samples, sampling, use_adapter=False)
             rows = [score_prompt(r, c, cfg.answer_timeout_s) for r, c in zip(batch, completions, strict=True)]
-            append_rows(scores_dir / "scores.jsonl", rows)
+            append_jsonl(scores_dir / "scores.jsonl", rows)
             done.update((row["id"], row) for row in rows)
             bar.update(len(batch))
     return [done[record["id"]] for record in records]
@@ -266,7 +249,7 @@ def write_score_report(rows: list[dict], scores_dir: Path, cfg: ScoreConfig) -> 
     """The SE histogram (PNG) and the per-stage table (markdown) next to the scores; returns the table."""
     plot_histogram(rows, scores_dir / "se_histogram.png", cfg.se_num_samples)
     table = format_stage_table(stage_table(rows, cfg.num_stages, cfg.se_estimator), cfg.se_estimator)
-    write_atomic(scores_dir / "stages.md", table)
+    write_text(scores_dir / "stages.md", table)
     return table
 
 
@@ -290,7 +273,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     scores_dir = Path(cfg.se_scores_dir)
     table = write_score_report(rows, scores_dir, cfg)
-    write_atomic(
+    write_text(
         scores_dir / "config.json",
         json.dumps({"model": asdict(model_cfg), "data": asdict(data_cfg), "score": asdict(cfg)}, indent=2) + "\n",
     )

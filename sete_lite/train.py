@@ -182,7 +182,7 @@ def check_settings(model_cfg, run_cfg, train_cfg) -> None:
 def summarize(output_dir: Path, seconds: float) -> dict[str, Any]:
     """Plots from metrics.jsonl and a short printed summary."""
     from sete_lite.plots import plot_training_curves
-    from sete_lite.rundir import read_jsonl
+    from sete_lite.atomic import read_jsonl
 
     rows = read_jsonl(output_dir / "metrics.jsonl")
     plots = plot_training_curves(rows, output_dir / "plots")

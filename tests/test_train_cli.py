@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from sete_lite.model import ModelConfig, load_policy
-from sete_lite.rundir import read_jsonl
+from sete_lite.atomic import read_jsonl
 from sete_lite.train import main
 
 REPO = Path(__file__).resolve().parent.parent

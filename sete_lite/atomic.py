@@ -1,0 +1,71 @@
+"""Writes that a crash cannot leave half done: whole files, whole jsonl lines, whole directories.
+
+Nothing is lost is a rule of the project: caches, logs, checkpoints, adapters and exports all go
+through these three functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a synced temp file in the same directory, then os.replace."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Append whole lines in one write, synced before returning: a crash leaves at most a torn last line."""
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of a jsonl file (a torn last line is skipped); [] for a missing file."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def replace_dir(target: Path, build: Callable[[Path], None]) -> Path:
+    """Run `build(partial)` on a fresh hidden sibling of `target`, then swap it in for `target`.
+
+    A build that fails, or a process killed mid-build, leaves `target` as it was. A swap killed
+    between its two renames is completed by the next call (the old directory is restored first).
+    """
+    target = Path(target)
+    partial = target.with_name(f".{target.name}.partial")
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.exists():
+        old.rename(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(partial, ignore_errors=True)  # left by a killed build
+    partial.mkdir()
+    try:
+        build(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    partial.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
