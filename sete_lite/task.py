@@ -1,0 +1,213 @@
+"""The built-in reasoning task: multi-step integer arithmetic with a verifiable `\\boxed{}` answer.
+
+This module owns the procedural task that lets the CPU default run *learn* (no pretrained model can
+be downloaded here): problem generation with a difficulty knob, the worked solutions the base model
+is warm-started on (sete_lite.warmstart), the train / held-out splits shipped as data/arith_*.jsonl,
+and `heldout_accuracy`, the before/after accuracy of a run on the held-out split.
+
+A problem is a chain of 1..4 operations on a running integer, e.g.
+
+    question: "Start at 7. Add 5. Multiply by 3. Subtract 4. What number do you get?"
+    solution: "7+5=12\\n12*3=36\\n36-4=32\\n\\boxed{32}"
+
+The difficulty is the number of operations: a model that gets one step right with probability p
+solves a k-step problem with probability about p^k, so a mix of difficulties spreads the semantic
+entropy of the prompts (what the SENT curriculum sorts on). Operands stay small and every running
+value stays in [0, MAX_VALUE], so a tiny character-level model can learn the arithmetic facts.
+
+Splits are drawn from one generator by seed; a split can exclude the questions of another
+(`exclude`), which keeps the held-out split disjoint from the training and warm-start data.
+
+    python -m sete_lite.task --out data        # writes data/arith_train.jsonl and data/arith_test.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAX_VALUE = 99
+MAX_STEPS = 4
+# The shipped splits: seeds and sizes (data/arith_*.jsonl). Warm-start data uses its own seed.
+SPLITS = {"train": (1, 256), "test": (2, 128)}
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+# (word in the question, symbol in the solution)
+OPERATIONS = {"add": ("Add", "+"), "sub": ("Subtract", "-"), "mul": ("Multiply by", "*")}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: start value, operations in order, and the worked solution derived from them."""
+
+    start: int
+    steps: tuple[tuple[str, int], ...]  # (operation name, operand)
+
+    @property
+    def difficulty(self) -> int:
+        return len(self.steps)
+
+    @property
+    def question(self) -> str:
+        ops = " ".join(f"{OPERATIONS[op][0]} {x}." for op, x in self.steps)
+        return f"Start at {self.start}. {ops} What number do you get?"
+
+    def values(self) -> list[int]:
+        """The running value after each step (the start value first)."""
+        values = [self.start]
+        for op, x in self.steps:
+            v = values[-1]
+            values.append(v + x if op == "add" else v - x if op == "sub" else v * x)
+        return values
+
+    @property
+    def answer(self) -> int:
+        return self.values()[-1]
+
+    @property
+    def solution(self) -> str:
+        """One line per step, then the boxed answer."""
+        values = self.values()
+        lines = [
+            f"{v}{OPERATIONS[op][1]}{x}={w}" for (op, x), v, w in zip(self.steps, values[:-1], values[1:], strict=True)
+        ]
+        return "\n".join([*lines, f"\\boxed{{{self.answer}}}"])
+
+
+def random_problem(rng: random.Random, difficulty: int) -> Problem:
+    """A problem with `difficulty` operations whose running values all stay in [0, MAX_VALUE]."""
+    if not 1 <= difficulty <= MAX_STEPS:
+        raise ValueError(f"difficulty must be in 1..{MAX_STEPS}, got {difficulty}")
+    value = rng.randint(1, 20)
+    start, steps = value, []
+    for _ in range(difficulty):
+        # Only operations that keep the value in range are drawn: operands 1..9, multipliers 2..5.
+        choices = []
+        if value + 1 <= MAX_VALUE:
+            choices.append(("add", rng.randint(1, min(9, MAX_VALUE - value))))
+        if value >= 1:
+            choices.append(("sub", rng.randint(1, min(9, value))))
+        if 2 * value <= MAX_VALUE and value >= 1:
+            choices.append(("mul", rng.randint(2, min(5, MAX_VALUE // value))))
+        op, x = rng.choice(choices)
+        steps.append((op, x))
+        value = Problem(start, tuple(steps)).answer
+    return Problem(start, tuple(steps))
+
+
+def generate(
+    n: int,
+    seed: int,
+    *,
+    difficulties: Iterable[int] = range(1, MAX_STEPS + 1),
+    exclude: Iterable[str] = (),
+) -> list[Problem]:
+    """`n` distinct problems, none whose question is in `exclude`.
+
+    Draws cycle through `difficulties`; once the easy levels run out of distinct problems (there are
+    only a few hundred one-step ones) their draws are rejected and the harder levels fill the rest.
+    """
+    rng = random.Random(seed)
+    levels = list(difficulties)
+    seen = set(exclude)
+    problems: list[Problem] = []
+    attempts = 0
+    while len(problems) < n:
+        if attempts > 100 * n + 1000:
+            raise ValueError(f"cannot draw {n} distinct problems at difficulties {levels}")
+        problem = random_problem(rng, levels[attempts % len(levels)])
+        attempts += 1
+        if problem.question not in seen:
+            seen.add(problem.question)
+            problems.append(problem)
+    return problems
+
+
+def to_record(problem: Problem, split: str, index: int) -> dict[str, Any]:
+    """The jsonl row sete_lite.data.load_records reads (question / answer / id) plus the difficulty."""
+    return {
+        "id": f"arith-{split}-{index}",
+        "question": problem.question,
+        "answer": str(problem.answer),
+        "solution": problem.solution,
+        "difficulty": problem.difficulty,
+    }
+
+
+def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def make_splits() -> dict[str, list[Problem]]:
+    """The shipped splits: the held-out split first, then the training split drawn around it."""
+    test_seed, test_size = SPLITS["test"]
+    test = generate(test_size, test_seed)
+    train_seed, train_size = SPLITS["train"]
+    train = generate(train_size, train_seed, exclude=[p.question for p in test])
+    return {"train": train, "test": test}
+
+
+def write_splits(out_dir: str | Path = DATA_DIR) -> dict[str, Path]:
+    """Write arith_train.jsonl and arith_test.jsonl to `out_dir`; return their paths."""
+    return {
+        split: write_jsonl(
+            [to_record(p, split, i) for i, p in enumerate(problems)], Path(out_dir) / f"arith_{split}.jsonl"
+        )
+        for split, problems in make_splits().items()
+    }
+
+
+def heldout_accuracy(
+    engine: Any,
+    path: str | Path = DATA_DIR / "arith_test.jsonl",
+    *,
+    num_samples: int = 8,
+    max_tokens: int = 64,
+    max_problems: int | None = None,
+    seed: int = 0,
+    use_adapter: bool = True,
+    save_texts: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Avg@n and Pass@k (k = 1 and n) of the engine's policy on a held-out file, sampled as the paper
+    evaluates (temperature 1.0, top_p 0.9: sete_lite.eval's defaults).
+
+    Goes through sete_lite.eval (its unbiased Pass@k estimator and grading); returns the scores of
+    the file ({"avg", "pass@k", "num_problems", "num_samples"}) plus the sampled rows under "samples"
+    (with each completion's text when `save_texts`).
+    """
+    from sete_lite.eval import EvalConfig, evaluate, load_benchmarks
+
+    cfg = EvalConfig(
+        eval_benchmarks=[str(path)],
+        eval_num_samples=num_samples,
+        eval_k=sorted({1, num_samples}),
+        eval_max_tokens=max_tokens,
+        eval_batch_size=16,
+        eval_max_problems=max_problems,
+        eval_save_texts=save_texts,
+        seed=seed,
+    )
+    results = evaluate(engine, load_benchmarks(cfg), cfg, use_adapter=use_adapter, progress=progress)
+    scores = next(iter(results["benchmarks"].values()))
+    return {**scores, "seconds": results["seconds"], "samples": results["samples"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sete_lite.task", description="Write the arithmetic task's splits.")
+    parser.add_argument("--out", type=Path, default=DATA_DIR, help="directory for arith_train.jsonl / arith_test.jsonl")
+    args = parser.parse_args(argv)
+    for split, path in write_splits(args.out).items():
+        print(f"{split}: {path}")
+
+
+if __name__ == "__main__":
+    main()
