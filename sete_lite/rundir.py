@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -58,8 +59,9 @@ class RunRecorder(TrainerCallback):
     rollouts.jsonl (the prompt ids each step sampled), a completion marker in each checkpoint, and
     the adapter at the end of every curriculum stage."""
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path, on_stage_end: Callable[[int], None] | None = None) -> None:
         self.output_dir = output_dir
+        self.on_stage_end = on_stage_end  # e.g. a held-out evaluation
         self.trainer = None  # set once the trainer exists: stage boundaries come from its sampler
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -82,6 +84,8 @@ class RunRecorder(TrainerCallback):
         stage = self.trainer.stage_of_step(step - 1)
         if step == state.max_steps or self.trainer.stage_of_step(step) != stage:
             save_adapter_atomically(model, self.output_dir / "adapter" / f"stage-{stage}")
+            if self.on_stage_end is not None:
+                self.on_stage_end(stage)
 
 
 class RewardEntropyBar(TrainerCallback):

@@ -15,6 +15,7 @@ and the plots in D/plots.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,15 +35,19 @@ class RunConfig:
     reward_funcs: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     rollout_engine: str = "auto"  # auto | transformers | vllm | unsloth (shared with ScoreConfig)
     num_threads: int | None = None  # torch CPU threads; None = torch's default
+    # Held-out evaluation (the eval_* keys of sete_lite.eval.EvalConfig say on what and how).
+    eval_before_training: bool = False  # the base policy, in D/eval/before
+    eval_at_stage_end: bool = False  # after each curriculum stage, in D/eval/stage-K
 
 
 def config_classes() -> list[type]:
     from sete_lite.data import DataConfig
+    from sete_lite.eval import EvalConfig
     from sete_lite.model import ModelConfig
     from sete_lite.score import ScoreConfig
     from sete_lite.trainer import SENTConfig
 
-    return [ModelConfig, DataConfig, ScoreConfig, RunConfig, SENTConfig]
+    return [ModelConfig, DataConfig, ScoreConfig, RunConfig, EvalConfig, SENTConfig]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,13 +68,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config_path = args.config or DEFAULT_CONFIG
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     import_unsloth_first(read_values(config_path, overrides))  # before TRL is imported to parse the config
-    model_cfg, data_cfg, score_cfg, run_cfg, train_cfg = parse_config(config_classes(), config_path, overrides)
-    output_dir = Path(train_cfg.output_dir)
-    summary, _ = run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir, resume=args.resume)
+    configs = parse_config(config_classes(), config_path, overrides)
+    summary, _ = run(*configs, output_dir=Path(configs[-1].output_dir), resume=args.resume)
     return summary
 
 
-def run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir: Path, *, resume: bool = False):
+def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_dir: Path, resume: bool = False):
     """Score, stage and train; returns (the summary dict that is also printed, the trainer)."""
     import datasets
     import torch
@@ -77,6 +81,7 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir: Path, *,
 
     from sete_lite.curriculum import stage_indices
     from sete_lite.data import apply_chat_template, load_records
+    from sete_lite.eval import evaluate_and_write, format_table, load_benchmarks
     from sete_lite.model import load_policy
     from sete_lite.rewards import resolve_reward_functions
     from sete_lite.rollout import make_engine
@@ -97,6 +102,8 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir: Path, *,
         torch.set_num_threads(run_cfg.num_threads)
     reward_funcs = resolve_reward_functions(run_cfg.reward_funcs)
     records = load_records(data_cfg)
+    evaluating = run_cfg.eval_before_training or run_cfg.eval_at_stage_end
+    heldout = load_benchmarks(eval_cfg) if evaluating else {}
     if train_cfg.curriculum and len(records) < train_cfg.num_stages:
         raise ValueError(f"{len(records)} prompts cannot fill {train_cfg.num_stages} curriculum stages")
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
@@ -109,7 +116,20 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir: Path, *,
     model, tokenizer = load_policy(model_cfg)
     if data_cfg.use_chat_template:
         records = apply_chat_template(records, tokenizer, data_cfg.system_prompt)
+    if eval_cfg.eval_use_chat_template:
+        heldout = {
+            name: apply_chat_template(rs, tokenizer, eval_cfg.eval_system_prompt) for name, rs in heldout.items()
+        }
     engine = make_engine(run_cfg.rollout_engine, model, tokenizer)
+
+    def evaluate_as(name: str, use_adapter: bool = True) -> None:
+        results = evaluate_and_write(
+            engine, heldout, eval_cfg, output_dir / "eval" / name, use_adapter=use_adapter, progress=False
+        )
+        print(f"held-out evaluation '{name}':\n{format_table(results, eval_cfg.eval_k, eval_cfg.eval_num_samples)}")
+
+    if run_cfg.eval_before_training and checkpoint is None:
+        evaluate_as("before", use_adapter=False)  # the base policy
 
     scores = score_dataset(engine, records, score_cfg, model_producer(model_cfg), scores_dir=output_dir / "se_scores")
     print(write_score_report(scores, output_dir / "se_scores", score_cfg))
@@ -133,6 +153,8 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, train_cfg, output_dir: Path, *,
         curriculum_stages=stages,
         callbacks=[recorder := RunRecorder(output_dir), RewardEntropyBar()],
     )
+    if run_cfg.eval_at_stage_end:
+        recorder.on_stage_end = lambda stage: (trainer.wake_rollout_engine(), evaluate_as(f"stage-{stage}"))
     recorder.trainer = trainer
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
@@ -181,8 +203,8 @@ def check_settings(model_cfg, run_cfg, train_cfg) -> None:
 
 def summarize(output_dir: Path, seconds: float) -> dict[str, Any]:
     """Plots from metrics.jsonl and a short printed summary."""
-    from sete_lite.plots import plot_training_curves
     from sete_lite.atomic import read_jsonl
+    from sete_lite.plots import plot_training_curves
 
     rows = read_jsonl(output_dir / "metrics.jsonl")
     plots = plot_training_curves(rows, output_dir / "plots")
@@ -196,6 +218,10 @@ def summarize(output_dir: Path, seconds: float) -> dict[str, Any]:
         "entropy_last": last.get("entropy"),
         "mean_step_time": sum(r.get("step_time", 0.0) for r in rows) / max(len(rows), 1),
         "adapter": str(output_dir / "adapter"),
+        "eval": {
+            path.parent.name: json.loads(path.read_text())["average"]
+            for path in sorted((output_dir / "eval").glob("*/results.json"))
+        },
         "plots": [str(p) for p in plots],
     }
     print("\nSENT run summary")

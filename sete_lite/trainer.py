@@ -144,8 +144,7 @@ class SENTTrainer(GRPOTrainer):
             seed=self.args.seed + self.state.global_step,
         )
         self.model.eval()  # no dropout while sampling
-        if self._engine_asleep:
-            self.rollout_engine.wake_up()
+        self.wake_rollout_engine()
         groups = self.rollout_engine.generate(unique, group, sampling)
         if hasattr(self.rollout_engine, "sleep"):
             # Unsloth standby: free vLLM's KV cache for the training step (a no-op without standby).
@@ -158,6 +157,12 @@ class SENTTrainer(GRPOTrainer):
             "completion_ids": [c.token_ids for completions in groups for c in completions],
             "logprobs": [c.logprobs for completions in groups for c in completions],
         }
+
+    def wake_rollout_engine(self) -> None:
+        """Give vLLM its memory back after a training step (Unsloth standby); a no-op otherwise."""
+        if self._engine_asleep:
+            self.rollout_engine.wake_up()
+            self._engine_asleep = False
 
     # ------------------------------------------------------------------------------------------
     # Log-probs and entropies from hidden states, chunked over the vocabulary

@@ -14,18 +14,30 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sete_lite.model import ModelConfig, load_policy
 from sete_lite.atomic import read_jsonl
+from sete_lite.model import ModelConfig, load_policy
 from sete_lite.train import main
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 REQUIRED_METRICS = [
-    "step", "reward", "reward_std", "frac_reward_zero_std", "entropy", "kl", "clip_ratio", "completions/mean_length",
-    "sent/low_entropy_frac", "sent/high_cov_frac", "sent/kl_low", "sent/kl_high", "curriculum/stage",
-    "curriculum/mean_se", "step_time",
-]  # fmt: skip
+    "step",
+    "reward",
+    "reward_std",
+    "frac_reward_zero_std",
+    "entropy",
+    "kl",
+    "clip_ratio",
+    "completions/mean_length",
+    "sent/low_entropy_frac",
+    "sent/high_cov_frac",
+    "sent/kl_low",
+    "sent/kl_high",
+    "curriculum/stage",
+    "curriculum/mean_se",
+    "step_time",
+]
 
 
 def write_config(path: Path, model_dir: Path, **overrides: object) -> Path:
@@ -77,7 +89,17 @@ def importable_test_rewards(monkeypatch):
 
 def test_end_to_end_two_stages(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir)
+    heldout = str(REPO / "data" / "champ_math.jsonl")
+    evaluation = dict(
+        eval_before_training=True,
+        eval_at_stage_end=True,
+        eval_benchmarks=[heldout],
+        eval_num_samples=2,
+        eval_k=[1, 2],
+        eval_max_problems=3,
+        eval_max_tokens=8,
+    )
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, **evaluation)
     summary = main(["--config", str(config), "--output-dir", str(out)])
 
     rows = read_jsonl(out / "metrics.jsonl")
@@ -100,6 +122,10 @@ def test_end_to_end_two_stages(tmp_path, tiny_model_dir):
     assert (out / "adapter" / "stage-0" / "adapter_model.safetensors").exists()
     assert (out / "adapter" / "stage-1" / "adapter_model.safetensors").exists()
     assert summary["steps"] == 4
+    assert sorted(summary["eval"]) == ["before", "stage-0", "stage-1"]  # held-out scores before and per stage
+    for name in summary["eval"]:
+        samples = read_jsonl(out / "eval" / name / "samples.jsonl")
+        assert len(samples) == 3 * 2 and len({s["id"] for s in samples}) == 3  # 3 problems x 2 samples
 
     # The saved adapter reproduces the trained policy: its weights equal the last checkpoint's, and
     # reloaded through load_policy it gives the same log-probs as base + adapter through plain peft.
