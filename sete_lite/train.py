@@ -1,7 +1,7 @@
 """`python -m sete_lite.train`: the whole SENT method from one command.
 
     python -m sete_lite.train                                   # built-in tiny CPU default
-    python -m sete_lite.train --config configs/r1_distill_1.5b_dapo.yaml --output-dir runs/r1
+    python -m sete_lite.train --config configs/r1_distill_qwen_1.5b_dapo.yaml --output-dir runs/r1
     python -m sete_lite.train --config X --output-dir D --resume
     python -m sete_lite.train --config X --set mode=grpo --set learning_rate=2e-6
 
@@ -9,7 +9,8 @@ Steps: check the config and the data (cheap, before any model is loaded); load t
 policy; score every prompt's semantic entropy with the adapters off (cached in D/se_scores,
 resumable); cut the prompts into stages by SE; train stage by stage with SENTTrainer; save the
 adapter at each stage end (D/adapter/stage-K) and at the end (D/adapter); write D/metrics.jsonl
-and the plots in D/plots.
+and the plots in D/plots; optionally evaluate on held-out problems before training and after each
+stage (D/eval).
 """
 
 from __future__ import annotations
