@@ -106,12 +106,24 @@ def build_tiny_model(
     return out_dir
 
 
+def build_arith_model(out_dir: str | Path) -> Path:
+    """The warm-started arithmetic model (sete_lite.warmstart); imported lazily, it imports this module."""
+    from sete_lite.warmstart import build
+
+    return build(out_dir)
+
+
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = {"tiny-qwen2": build_tiny_model}
+BUILTIN_MODELS = {"tiny-qwen2": build_tiny_model, "arith-qwen2": build_arith_model}
+# Built-in models that ship with the package (built by their BUILTIN_MODELS entry, then committed):
+# used as they are, never rebuilt.
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 
 def resolve_builtin(name_or_path: str, cache_dir: str | Path | None = None) -> str:
     """A `builtin:NAME` model becomes a local directory, built on first use; anything else is returned as is.
+
+    A model shipped in sete_lite/assets/NAME is returned directly.
 
     Built models are cached under `cache_dir` (default $SETE_LITE_CACHE or ~/.cache/sete_lite) and
     written to a temporary sibling first, so an interrupted build is never mistaken for a model.
@@ -121,6 +133,8 @@ def resolve_builtin(name_or_path: str, cache_dir: str | Path | None = None) -> s
     name = name_or_path[len(BUILTIN_PREFIX) :]
     if name not in BUILTIN_MODELS:
         raise ValueError(f"unknown built-in model '{name}'; built-in models: {sorted(BUILTIN_MODELS)}")
+    if (ASSETS_DIR / name / "config.json").exists():
+        return str(ASSETS_DIR / name)
     cache = Path(cache_dir or os.environ.get("SETE_LITE_CACHE", "~/.cache/sete_lite")).expanduser()
     target = cache / name
     if not (target / "config.json").exists():
