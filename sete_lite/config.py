@@ -54,10 +54,21 @@ def load_yaml(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
+def as_field_type(key: str, value: Any, annotation: Any) -> Any:
+    """A string given to a float field becomes that float: YAML 1.1 reads `1e-4` (no dot) as a string."""
+    if not isinstance(value, str) or float not in (annotation, *typing.get_args(annotation)):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"config key '{key}' expects a number, got '{value}'") from None
+
+
 def build(cls: type, values: dict[str, Any]):
     """Instantiate dataclass `cls` from the keys of `values` that are its fields."""
+    types = typing.get_type_hints(cls)
     own = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in own})
+    return cls(**{k: as_field_type(k, v, types.get(k)) for k, v in values.items() if k in own})
 
 
 def read_values(
