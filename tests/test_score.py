@@ -231,3 +231,26 @@ def test_cli_end_to_end_with_a_tiny_model(tmp_path: Path, tiny_model_dir: Path) 
     assert len(table) == 2 + 3 and table[2].startswith("| 0 | 2 |")
     producer = json.loads((scores_dir / "producer.json").read_text())
     assert producer["model"] == str(tiny_model_dir) and producer["num_samples"] == 4
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cli_scores_the_chat_templated_prompts_that_training_sees(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from sete_lite.config import parse_config
+    from sete_lite.data import DataConfig, apply_chat_template, load_records
+    from sete_lite.model import ModelConfig
+    from sete_lite.score import model_producer, producer_record
+
+    scores_dir = tmp_path / "scores"
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, scores_dir, max_prompts=2, se_num_samples=2, se_max_tokens=8,
+        use_chat_template=True, system_prompt="Reason step by step.",
+    )  # fmt: skip
+    main(["--config", str(config)])
+    model_cfg, data_cfg, cfg = parse_config([ModelConfig, DataConfig, ScoreConfig], config)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    templated = apply_chat_template(load_records(data_cfg), tokenizer, data_cfg.system_prompt)
+    # train.run applies the template before scoring, then checks the cache's producer against this record.
+    expected = producer_record(model_producer(model_cfg), templated, cfg)
+    assert json.loads((scores_dir / "producer.json").read_text()) == expected
