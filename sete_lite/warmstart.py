@@ -39,7 +39,7 @@ class WarmstartConfig:
     num_kv_heads: int = 1
     intermediate_size: int = 512
     num_problems: int = 20000  # warm-start problems (disjoint from the held-out split)
-    steps: int = 600
+    steps: int = 1200
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 30
