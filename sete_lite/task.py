@@ -182,7 +182,7 @@ def heldout_accuracy(
 
     Goes through sete_lite.eval (its unbiased Pass@k estimator and grading); returns the scores of
     the file ({"avg", "pass@k", "num_problems", "num_samples"}) plus the sampled rows under "samples"
-    (with each completion's text when `save_texts`).
+    (with each completion's text when `save_texts`) and each problem's prompt by sample id under "prompts".
     """
     from sete_lite.eval import EvalConfig, evaluate, load_benchmarks
 
@@ -196,9 +196,11 @@ def heldout_accuracy(
         eval_save_texts=save_texts,
         seed=seed,
     )
-    results = evaluate(engine, load_benchmarks(cfg), cfg, use_adapter=use_adapter, progress=progress)
+    benchmarks = load_benchmarks(cfg)
+    results = evaluate(engine, benchmarks, cfg, use_adapter=use_adapter, progress=progress)
     scores = next(iter(results["benchmarks"].values()))
-    return {**scores, "seconds": results["seconds"], "samples": results["samples"]}
+    prompts = {r["id"]: r["prompt"] for r in next(iter(benchmarks.values()))}
+    return {**scores, "seconds": results["seconds"], "samples": results["samples"], "prompts": prompts}
 
 
 def main(argv: list[str] | None = None) -> None:
