@@ -317,7 +317,7 @@ def test_cli_on_the_tiny_model_with_and_without_an_adapter(tmp_path: Path, tiny_
     common = ["--model", str(tiny_model_dir), "--n", "2", "--k", "1", "2", "--max-problems", "3"]
     run_cli(*common, "--output-dir", str(tmp_path / "base"))
     done = run_cli(*common, "--adapter", str(tmp_path / "adapter"), "--output-dir", str(tmp_path / "adapted"))
-    assert "| champ_math | 3 |" in done.stdout
+    assert "| arith_test | 3 |" in done.stdout
 
     for name, adapter in (("base", None), ("adapted", str(tmp_path / "adapter"))):
         results = json.loads((tmp_path / name / "results.json").read_text())
@@ -325,7 +325,7 @@ def test_cli_on_the_tiny_model_with_and_without_an_adapter(tmp_path: Path, tiny_
         assert len(samples) == 3 * 2
         assert results["adapter"] == adapter and results["use_adapter"] is (adapter is not None)
         assert results["engine"] == "TransformersEngine"
-        scores = results["benchmarks"]["champ_math"]
+        scores = results["benchmarks"]["arith_test"]
         assert scores["avg"] == pytest.approx(sum(s["correct"] for s in samples) / len(samples))
         assert (tmp_path / name / "results.md").read_text().startswith("| benchmark | problems | Avg@2 |")
     # Same seeds, different texts: the adapter is really applied when sampling.
