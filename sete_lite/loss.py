@@ -257,8 +257,15 @@ def policy_loss(
     is_clipped_high = (ratio > 1 + cfg.epsilon_high) & (advantages > 0) & valid
     kl = kl_to_reference(logp, ref_logp, cfg.kl_estimator) if ref_logp is not None else None
 
+    # T_low, the lowest-entropy low_entropy_quantile of the tokens: where SENT puts its KL. Its entropy
+    # is logged in every mode, so methods can be compared on the tokens SENT protects.
+    low = select_extreme(entropy_detached, valid, count_of(cfg.low_entropy_quantile, n), largest=False)
+    k_low = int(low.sum())
     stats: dict[str, float] = {
         "entropy_mean": masked_mean(entropy_detached, valid),
+        "low_entropy_frac": k_low / n,
+        "entropy_low_mean": masked_mean(entropy_detached, low),
+        "entropy_rest_mean": masked_mean(entropy_detached, valid & ~low),
         "clip_ratio_low": is_clipped_low.sum().item() / n,
         "clip_ratio_high": is_clipped_high.sum().item() / n,
         "clip_ratio": (is_clipped_low | is_clipped_high).sum().item() / n,
@@ -267,24 +274,17 @@ def policy_loss(
         stats["kl"] = masked_mean(kl.detach(), valid)
 
     if cfg.mode == "sent":
-        low = select_extreme(entropy_detached, valid, count_of(cfg.low_entropy_quantile, n), largest=False)
-        k_low = int(low.sum())
         cov = centered_covariance(logp, advantages, low)
         high_cov = select_extreme(cov, low, count_of(cfg.high_cov_ratio, k_low), largest=True)
         low_only = low & ~high_cov
         beta_t = cfg.beta_high * high_cov.to(logp.dtype) + cfg.beta_low * low_only.to(logp.dtype)
         per_token = surrogate + beta_t * kl
         stats.update(
-            low_entropy_frac=k_low / n,
             high_cov_frac=int(high_cov.sum()) / n,
             kl_low=masked_mean(kl.detach(), low_only),
             kl_high=masked_mean(kl.detach(), high_cov),
-            entropy_low_mean=masked_mean(entropy_detached, low),
-            entropy_rest_mean=masked_mean(entropy_detached, valid & ~low),
         )
     elif cfg.mode == "sent_code":
-        low = select_extreme(entropy_detached, valid, count_of(cfg.low_entropy_quantile, n), largest=False)
-        k_low = int(low.sum())
         cov = centered_covariance(logp, advantages, low)
         k = count_of(cfg.kl_cov_ratio, k_low)
         high_cov = select_extreme(cov, low, k, largest=True)
@@ -292,13 +292,7 @@ def policy_loss(
         abs_kl_old = log_ratio.abs()
         penalty = (2.0 * high_cov.to(logp.dtype) + 0.5 * low_cov.to(logp.dtype)) * cfg.ppo_kl_coef
         per_token = -unclipped + penalty * abs_kl_old
-        stats.update(
-            low_entropy_frac=k_low / n,
-            high_cov_frac=int(high_cov.sum()) / n,
-            low_cov_frac=int(low_cov.sum()) / n,
-            entropy_low_mean=masked_mean(entropy_detached, low),
-            entropy_rest_mean=masked_mean(entropy_detached, valid & ~low),
-        )
+        stats.update(high_cov_frac=int(high_cov.sum()) / n, low_cov_frac=int(low_cov.sum()) / n)
     elif cfg.mode == "grpo":
         per_token = surrogate
     elif cfg.mode == "kl_cov":

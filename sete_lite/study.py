@@ -285,7 +285,7 @@ def mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 
 
 def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    """Token entropy, low-entropy-set entropy (SENT modes log it) and reward over training, one line per method."""
+    """Token entropy, low-entropy-set entropy and reward over training, one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,7 +293,7 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
 
     panels = [
         ("entropy", "mean token entropy (nats)"),
-        ("sent/entropy_low_mean", "low-entropy-set entropy (SENT modes)"),
+        ("sent/entropy_low_mean", "entropy of the low-entropy set T_low (nats)"),
         ("reward", "mean reward (training batches)"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))

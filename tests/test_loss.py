@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sete_lite.loss import LossConfig, policy_loss
+from sete_lite.loss import MODES, LossConfig, policy_loss
 
 # ----------------------------------------------------------------------------------------------
 # An independent reference: Python lists of valid tokens, sorted() for selections, float64 math.
@@ -266,6 +266,19 @@ def test_sent_hand_computed_two_by_three():
 # ----------------------------------------------------------------------------------------------
 # Properties that pin the behaviour
 
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_logs_the_entropy_of_the_low_entropy_set(mode):
+    # Same 2 x 3 batch as above: T_low = the 4 lowest of the 5 valid entropies (0.1 0.3 0.2 0.4), rest = 2.0.
+    entropy = torch.tensor([[0.1, 2.0, 0.3], [0.2, 0.4, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    logp = torch.tensor([[-0.5, -1.0, -2.0], [-0.1, -3.0, -1.0]], requires_grad=True)
+    _, stats = policy_loss(logp, logp.detach(), logp.detach(), torch.tensor([1.0, -1.0]), entropy, mask,
+                           LossConfig(mode=mode, low_entropy_quantile=0.8))  # fmt: skip
+    assert stats["low_entropy_frac"] == pytest.approx(0.8)
+    assert stats["entropy_low_mean"] == pytest.approx(0.25)
+    assert stats["entropy_rest_mean"] == pytest.approx(2.0)
 
 def test_sent_puts_no_kl_weight_on_high_entropy_tokens():
     logp, old, ref, adv, ent, mask = random_batch(4)
