@@ -194,10 +194,10 @@ def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]
         "seconds": round(time.perf_counter() - started, 1),
         "curves": {key: [row.get(key) for row in rows] for key in CURVE_KEYS},
     }
-    # Keep the study directory small: metrics, log and results only.
-    for stale in ("se_scores", "adapter", "rollouts.jsonl", *(p.name for p in run_dir.glob("checkpoint-*"))):
-        path = run_dir / stale
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    # Keep the study directory small (it is committed): the log and result.json (with the curves) only.
+    for path in run_dir.iterdir():
+        if path.name != "train.log":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     write_text(run_dir / "result.json", json.dumps(result, indent=1) + "\n")
     print(f"{name} seed {seed}: Avg@8 {result['avg@8']:.3f}  Pass@8 {result['pass@8']:.3f}  {result['seconds']} s")
     return result
