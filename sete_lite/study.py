@@ -65,6 +65,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     for kappa, beta_low, beta_high in SWEEP_POINTS
 }
 CURVE_KEYS = ("step", "reward", "entropy", "kl", "sent/entropy_low_mean", "completions/mean_length")
+SMOOTHING = 8  # steps in the moving average of the plotted training curves
 LOW_ENTROPY_QUANTILE = 0.8  # T_low = the lowest 80% of tokens by entropy, as in the SENT loss
 
 
@@ -284,8 +285,17 @@ def mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return steps, [statistics.fmean(by_step[s]) for s in steps]
 
 
-def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    """Token entropy, low-entropy-set entropy and reward over training, one line per method."""
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values (fewer at the start)."""
+    return [statistics.fmean(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
+
+
+def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path, stage_switches: list[int]) -> Path:
+    """Token entropy, low-entropy-set entropy and reward over training, one line per method.
+
+    One step trains on 4 prompts, so the per-step curves are noisy: each line is the mean over seeds,
+    smoothed by a SMOOTHING-step trailing average. Dotted lines mark the curriculum's stage switches.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,18 +313,30 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
                 continue
             steps, values = mean_curve(runs, key)
             if steps:
-                ax.plot(steps, values, label=name, linestyle="-" if "sent" in name else "--")
-        ax.set_xlabel("optimizer step")
+                linestyle = "-" if "sent" in name else "--"
+                ax.plot(steps, moving_average(values, SMOOTHING), label=name, linestyle=linestyle)
+        for step in stage_switches:
+            ax.axvline(step, color="gray", linestyle=":", linewidth=1)
+        ax.set_xlabel("optimizer step (dotted: curriculum stage switch)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     if axes[0].lines:
         axes[0].legend(fontsize=8)
-    fig.suptitle("mean over seeds")
+    fig.suptitle(f"mean over seeds, {SMOOTHING}-step moving average")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def stage_switches(results: dict[str, list[dict[str, Any]]]) -> list[int]:
+    """The steps after which the default config's curriculum moves to its next stage (equal stages)."""
+    from sete_lite.config import read_values
+
+    num_stages = read_values(DEFAULT_CONFIG).get("num_stages", 2)
+    steps = max((r["steps"] for runs in results.values() for r in runs), default=0)
+    return [steps * k // num_stages for k in range(1, num_stages)] if steps else []
 
 
 def report(out: Path, seeds: list[int]) -> str:
@@ -327,8 +349,8 @@ def report(out: Path, seeds: list[int]) -> str:
     sweep_text = table(sweep, None)
     write_text(out / "table.md", text)
     write_text(out / "sweep.md", sweep_text)
-    plot_curves(methods, out / "curves.png")
-    plot_curves(sweep, out / "sweep_curves.png")
+    plot_curves(methods, out / "curves.png", stage_switches(methods))
+    plot_curves(sweep, out / "sweep_curves.png", stage_switches(sweep))
     summary = {
         name: {
             metric: statistics.fmean(r[metric] for r in runs)
