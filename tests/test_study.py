@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sete_lite.study import METHODS, mean_curve, mean_std, policy_statistics, report
+from sete_lite.study import METHODS, mean_curve, mean_std, moving_average, policy_statistics, report
 
 SAMPLES = [  # held-out samples as sete_lite.eval records them: a stopped one ends with EOS, a cut one does not
     {"id": "a", "text": "2+2=4\n\\boxed{4}", "finish_reason": "stop"},
@@ -85,6 +85,7 @@ def test_mean_std_and_mean_curve_by_hand():
         {"curves": {"step": [1, 2], "entropy": [3.0, 4.0]}},
     ]
     assert mean_curve(runs, "entropy") == ([1, 2], [2.0, 3.0])  # step 3: not every seed logged it
+    assert moving_average([1.0, 2.0, 3.0, 5.0], 2) == [1.0, 1.5, 2.5, 4.0]
 
 
 def fake_result(method: str, seed: int, avg: float) -> dict:
