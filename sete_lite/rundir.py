@@ -65,7 +65,9 @@ class RunRecorder(TrainerCallback):
         self.trainer = None  # set once the trainer exists: stage boundaries come from its sampler
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "reward" in logs:
+        # Every step's log, also those without rewards (the later optimizer steps on one rollout batch
+        # when steps_per_generation > 1); not the end-of-training summary.
+        if logs and "train_runtime" not in logs:
             append_jsonl(self.output_dir / "metrics.jsonl", [{"step": state.global_step, **logs}])
 
     def on_save(self, args, state, control, **kwargs):

@@ -209,14 +209,15 @@ def summarize(output_dir: Path, seconds: float) -> dict[str, Any]:
 
     rows = read_jsonl(output_dir / "metrics.jsonl")
     plots = plot_training_curves(rows, output_dir / "plots")
-    first, last = (rows[0], rows[-1]) if rows else ({}, {})
+    rewards = [row["reward"] for row in rows if "reward" in row]  # logged on rollout steps only
+    entropies = [row["entropy"] for row in rows if "entropy" in row]
     summary = {
-        "steps": last.get("step", 0),
+        "steps": rows[-1]["step"] if rows else 0,
         "train_seconds": round(seconds, 1),
-        "reward_first": first.get("reward"),
-        "reward_last": last.get("reward"),
-        "entropy_first": first.get("entropy"),
-        "entropy_last": last.get("entropy"),
+        "reward_first": rewards[0] if rewards else None,
+        "reward_last": rewards[-1] if rewards else None,
+        "entropy_first": entropies[0] if entropies else None,
+        "entropy_last": entropies[-1] if entropies else None,
         "mean_step_time": sum(r.get("step_time", 0.0) for r in rows) / max(len(rows), 1),
         "adapter": str(output_dir / "adapter"),
         "eval": {

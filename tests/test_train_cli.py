@@ -227,3 +227,21 @@ def test_cli_modules_do_not_import_transformers_or_trl_before_the_model_is_loade
     probe = "import sys, sete_lite.train, sete_lite.score; print(sorted({'transformers', 'trl'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def test_metrics_keep_the_off_policy_steps_and_drop_the_training_summary(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from sete_lite.atomic import read_jsonl
+    from sete_lite.rundir import RunRecorder
+
+    recorder = RunRecorder(tmp_path)
+    logs = [
+        (1, {"reward": 0.5, "entropy": 0.2, "loss": 0.1}),  # a step that generated rollouts
+        (2, {"entropy": 0.3, "loss": 0.2, "clip_ratio": 0.05}),  # the second step on the same rollouts
+        (2, {"train_runtime": 9.0, "train_loss": 0.15}),  # transformers' end-of-training summary
+    ]
+    for step, entry in logs:
+        recorder.on_log(None, SimpleNamespace(global_step=step), None, logs=entry)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2] and rows[1]["clip_ratio"] == 0.05
