@@ -49,6 +49,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "clip_cov": {"mode": "clip_cov", "curriculum": False},
     "entropy_bonus": {"mode": "entropy_bonus", "curriculum": False},
     "high_entropy_mask": {"mode": "high_entropy_mask", "curriculum": False},
+    # With one optimizer step per rollout batch (the default) every update is on-policy: the ratio is
+    # 1, so PPO clipping and KL-Cov's |log pi - log pi_old| penalty have zero gradient. Two steps per
+    # batch (the same rollouts and steps) make the second update off-policy, where KL-Cov acts.
+    "grpo_2_steps_per_batch": {"mode": "grpo", "curriculum": False, "steps_per_generation": 2},
+    "kl_cov_2_steps_per_batch": {"mode": "kl_cov", "curriculum": False, "steps_per_generation": 2},
 }
 # The coefficients the paper leaves open (SENT.md section 2): kappa = high_cov_ratio, beta_low, beta_high.
 # The first point is the provisional default of SENT.md; then kappa varies at those betas, and the KL
