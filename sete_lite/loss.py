@@ -56,7 +56,9 @@ class LossConfig:
     aggregation: str = "token_mean"
     kl_estimator: str = "k3"
     # sent: T_low = the lowest-entropy low_entropy_quantile of tokens; T_hc = the top
-    # high_cov_ratio of T_low by covariance. Provisional values (SENT.md section 2).
+    # high_cov_ratio of T_low by covariance. The paper leaves kappa, beta_low, beta_high open: these are
+    # SENT.md's provisional values, kept after the sweep in docs/results/toy_study.md (no other point
+    # did better; 10x and 50x larger betas lowered held-out accuracy).
     low_entropy_quantile: float = 0.8
     high_cov_ratio: float = 0.002
     beta_low: float = 0.01

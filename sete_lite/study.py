@@ -355,6 +355,10 @@ def report(out: Path, seeds: list[int]) -> str:
     write_text(out / "table.md", text)
     write_text(out / "sweep.md", sweep_text)
     plot_curves(methods, out / "curves.png", stage_switches(methods))
+    # Training batches differ in difficulty between curriculum and shuffled runs: compare within each group.
+    for group, curriculum in (("curriculum", True), ("shuffled", False)):
+        runs = {name: r for name, r in methods.items() if METHODS[name]["curriculum"] is curriculum}
+        plot_curves(runs, out / f"curves_{group}.png", stage_switches(runs) if curriculum else [])
     plot_curves(sweep, out / "sweep_curves.png", stage_switches(sweep))
     summary = {
         name: {
