@@ -322,7 +322,7 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path, stage_swit
                 ax.plot(steps, moving_average(values, SMOOTHING), label=name, linestyle=linestyle)
         for step in stage_switches:
             ax.axvline(step, color="gray", linestyle=":", linewidth=1)
-        ax.set_xlabel("optimizer step (dotted: curriculum stage switch)")
+        ax.set_xlabel("optimizer step" + (" (dotted: curriculum stage switch)" if stage_switches else ""))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     if axes[0].lines:
