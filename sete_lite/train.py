@@ -202,6 +202,12 @@ def check_settings(model_cfg, run_cfg, train_cfg) -> None:
 # Run directory: metrics, checkpoints, adapter, summary
 
 
+def evaluation_order(results_path: Path) -> tuple[int, int]:
+    """D/eval/before first, then D/eval/stage-K by K (stage-10 after stage-9)."""
+    name = results_path.parent.name
+    return (0, 0) if name == "before" else (1, int(name.removeprefix("stage-")))
+
+
 def summarize(output_dir: Path, seconds: float) -> dict[str, Any]:
     """Plots from metrics.jsonl and a short printed summary."""
     from sete_lite.atomic import read_jsonl
@@ -222,13 +228,16 @@ def summarize(output_dir: Path, seconds: float) -> dict[str, Any]:
         "adapter": str(output_dir / "adapter"),
         "eval": {
             path.parent.name: json.loads(path.read_text())["average"]
-            for path in sorted((output_dir / "eval").glob("*/results.json"))
+            for path in sorted((output_dir / "eval").glob("*/results.json"), key=evaluation_order)
         },
         "plots": [str(p) for p in plots],
     }
     print("\nSENT run summary")
     for key, value in summary.items():
         print(f"  {key}: {value}")
+    if summary["eval"]:  # the answer to "did training help?", in one line
+        steps = " -> ".join(f"{name} {scores['avg']:.1%}" for name, scores in summary["eval"].items())
+        print(f"held-out accuracy (mean over samples): {steps}")
     return summary
 
 

@@ -245,3 +245,16 @@ def test_metrics_keep_the_off_policy_steps_and_drop_the_training_summary(tmp_pat
         recorder.on_log(None, SimpleNamespace(global_step=step), None, logs=entry)
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [row["step"] for row in rows] == [1, 2] and rows[1]["clip_ratio"] == 0.05
+
+
+def test_summary_lists_held_out_scores_in_stage_order_and_prints_the_change(tmp_path: Path, capsys) -> None:
+    from sete_lite.train import summarize
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.5, "entropy": 0.1}) + "\n")
+    for name, avg in [("stage-10", 0.6), ("before", 0.4), ("stage-2", 0.5), ("stage-0", 0.45)]:
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        (tmp_path / "eval" / name / "results.json").write_text(json.dumps({"average": {"avg": avg}}))
+    summary = summarize(tmp_path, 1.0)
+    assert list(summary["eval"]) == ["before", "stage-0", "stage-2", "stage-10"]
+    expected = "held-out accuracy (mean over samples): before 40.0% -> stage-0 45.0% -> stage-2 50.0% -> stage-10 60.0%"
+    assert expected in capsys.readouterr().out
