@@ -83,6 +83,7 @@ class DeviceMemoryPeak:
 def build_engine(engine: str, args: argparse.Namespace):
     from sete_lite.model import ModelConfig, load_policy
     from sete_lite.rollout import TransformersEngine, UnslothVLLMEngine, VLLMEngine
+    from sete_lite.tiny import randomize_lora
 
     gpu = torch.cuda.is_available()
     cfg = ModelConfig(
@@ -97,11 +98,8 @@ def build_engine(engine: str, args: argparse.Namespace):
         gradient_checkpointing=False,
     )
     model, tokenizer = load_policy(cfg)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # random adapters: a zero lora_B would make "with LoRA" trivially cheap
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_((torch.randn(p.shape, generator=gen) * 0.01).to(p.device, p.dtype))
+    # random adapters: a zero lora_B would make "with LoRA" trivially cheap
+    randomize_lora(model, seed=0, scale=0.01, matrices="lora_B")
     if engine.startswith("transformers"):
         return TransformersEngine(model, tokenizer, batch_size=args.prompts)
     if engine == "unsloth":

@@ -23,7 +23,7 @@ import torch
 
 from sete_lite.model import ModelConfig, load_policy
 from sete_lite.rollout import SamplingConfig, make_engine
-from sete_lite.tiny import build_tiny_model
+from sete_lite.tiny import build_tiny_model, randomize_lora
 
 PROMPTS = [
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
@@ -31,14 +31,6 @@ PROMPTS = [
     "<|im_start|>user\nSimplify \\frac{2}{4}.<|im_end|>\n<|im_start|>assistant\n",
 ]
 TEMPERATURE = 0.8
-
-
-def randomize_lora(model: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
 
 
 def max_gap(model, tokenizer, groups, use_adapter: bool) -> float:

@@ -106,6 +106,20 @@ def build_tiny_model(
     return out_dir
 
 
+def randomize_lora(model: torch.nn.Module, seed: int, scale: float = 0.5, *, matrices: str = "lora_") -> None:
+    """Give the LoRA matrices whose parameter names contain `matrices` ("lora_": A and B, "lora_B": B only)
+    seeded N(0, scale^2) values, in place.
+
+    A fresh adapter's lora_B is zero, so it changes nothing: the tests and benchmarks that need an
+    adapter which moves the policy use this.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if matrices in name:
+                param.copy_((torch.randn(param.shape, generator=generator) * scale).to(param.device, param.dtype))
+
+
 def build_arith_model(out_dir: str | Path) -> Path:
     """The warm-started arithmetic model (sete_lite.warmstart); imported lazily, it imports this module."""
     from sete_lite.warmstart import build

@@ -24,6 +24,7 @@ from sete_lite.eval import (
 )
 from sete_lite.model import ModelConfig
 from sete_lite.rollout import Completion, SamplingConfig
+from sete_lite.tiny import randomize_lora
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -300,18 +301,13 @@ def run_cli(*args: str) -> dict:
 
 
 def test_cli_on_the_tiny_model_with_and_without_an_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     # An adapter that changes the model a lot: random B instead of the zero initialisation.
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
+    randomize_lora(model, seed=0, scale=0.5, matrices="lora_B")
     model.save_pretrained(tmp_path / "adapter")
 
     common = ["--model", str(tiny_model_dir), "--n", "2", "--k", "1", "2", "--max-problems", "3"]

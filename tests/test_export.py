@@ -18,6 +18,7 @@ import torch
 
 from sete_lite import export as export_module
 from sete_lite.export import EXPORT_INFO, export, main, publish, resolve_adapter
+from sete_lite.tiny import randomize_lora
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -30,11 +31,7 @@ def make_adapter(base_dir: Path, out: Path, *, scale: float, seed: int = 0) -> P
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    randomize_lora(model, seed, scale, matrices="lora_B")
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
     return out

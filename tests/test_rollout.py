@@ -21,21 +21,13 @@ from sete_lite.rollout import (
     cut_at_stop_string,
     make_engine,
 )
+from sete_lite.tiny import randomize_lora
 
 PROMPTS = [
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
     "1+1=",  # much shorter: exercises left padding
     "<|im_start|>user\nSimplify \\frac{2}{4}.<|im_end|>\n<|im_start|>assistant\n",
 ]
-
-
-def randomize_lora(model: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
-    """Give every LoRA matrix random values (lora_B starts at zero, so a fresh adapter is a no-op)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sete_lite.study import METHODS, mean_curve, mean_std, moving_average, policy_statistics, report
+from sete_lite.tiny import randomize_lora
 
 SAMPLES = [  # held-out samples as sete_lite.eval records them: a stopped one ends with EOS, a cut one does not
     {"id": "a", "text": "2+2=4\n\\boxed{4}", "finish_reason": "stop"},
@@ -26,9 +27,7 @@ def policy(tiny_model_dir: Path):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.5)  # a policy visibly different from the reference
+    randomize_lora(model, seed=0, scale=0.5, matrices="lora_B")  # a policy visibly different from the reference
     return model.eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
