@@ -7,7 +7,8 @@ and `prompt` is the question in the paper's prompt template. Formats:
 - columns may be nested (`reward_model.ground_truth`), and a question may be a chat message list;
 - `question_format: dapo` strips DAPO-Math-17k's own "Answer: $Answer" instructions, so the
   paper's boxed-answer template is the only instruction the model sees;
-- `apply_chat_template(records, tokenizer)` wraps prompts in an instruct model's chat template.
+- `apply_chat_template(records, tokenizer)` wraps prompts in an instruct model's chat template;
+  `policy_prompts(records, tokenizer, cfg)` does so when the config asks for it.
 """
 
 from __future__ import annotations
@@ -154,3 +155,12 @@ def apply_chat_template(records: list[dict], tokenizer: Any, system_prompt: str 
         }
         for record in records
     ]
+
+
+def policy_prompts(records: list[dict], tokenizer: Any, cfg: DataConfig) -> list[dict]:
+    """The training records as the policy sees them (chat template when `use_chat_template`).
+
+    Scoring and training must both go through this: SE scores are cached per exact prompt text, so
+    prompts scored one way cannot be reused by a run that prompts the other way.
+    """
+    return apply_chat_template(records, tokenizer, cfg.system_prompt) if cfg.use_chat_template else records

@@ -252,6 +252,13 @@ def load_benchmarks(cfg: EvalConfig) -> dict[str, list[dict]]:
     return benchmarks
 
 
+def benchmark_prompts(benchmarks: dict[str, list[dict]], tokenizer: Any, cfg: EvalConfig) -> dict[str, list[dict]]:
+    """The benchmarks' records as the policy sees them (chat template when `eval_use_chat_template`)."""
+    if not cfg.eval_use_chat_template:
+        return benchmarks
+    return {label: apply_chat_template(rs, tokenizer, cfg.eval_system_prompt) for label, rs in benchmarks.items()}
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 
@@ -454,11 +461,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     benchmarks = load_benchmarks(cfg)  # before the model: bad data fails in seconds
     model, tokenizer = load_policy(model_cfg)
-    if cfg.eval_use_chat_template:
-        benchmarks = {
-            label: apply_chat_template(records, tokenizer, cfg.eval_system_prompt)
-            for label, records in benchmarks.items()
-        }
+    benchmarks = benchmark_prompts(benchmarks, tokenizer, cfg)
     longest_prompt = max(len(tokenizer(r["prompt"])["input_ids"]) for rs in benchmarks.values() for r in rs)
     needed = longest_prompt + cfg.eval_max_tokens
     if getattr(model, "vllm_engine", None) is not None and needed > model_cfg.max_seq_length:

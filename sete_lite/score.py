@@ -255,7 +255,7 @@ def write_score_report(rows: list[dict], scores_dir: Path, cfg: ScoreConfig) -> 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     from sete_lite.config import parse_config, read_values
-    from sete_lite.data import DataConfig, apply_chat_template, load_records
+    from sete_lite.data import DataConfig, load_records, policy_prompts
     from sete_lite.model import ModelConfig, import_unsloth_first, load_policy
     from sete_lite.rollout import make_engine
 
@@ -268,8 +268,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     records = load_records(data_cfg)
     model, tokenizer = load_policy(model_cfg)
-    if data_cfg.use_chat_template:  # the prompts training will see, so its run can reuse these scores
-        records = apply_chat_template(records, tokenizer, data_cfg.system_prompt)
+    records = policy_prompts(records, tokenizer, data_cfg)  # the prompts training sees: its run reuses these scores
     engine = make_engine(cfg.rollout_engine, model, tokenizer)
     rows = score_dataset(engine, records, cfg, model_producer(model_cfg))
 

@@ -157,7 +157,7 @@ def score_once(out: Path, seed: int, settings: list[str]) -> Path:
     directory, where train.run checks that their producer matches its own.
     """
     from sete_lite.config import parse_config
-    from sete_lite.data import load_records
+    from sete_lite.data import load_records, policy_prompts
     from sete_lite.model import load_policy
     from sete_lite.rollout import make_engine
     from sete_lite.score import model_producer, score_dataset
@@ -169,7 +169,8 @@ def score_once(out: Path, seed: int, settings: list[str]) -> Path:
     )
     model, tokenizer = load_policy(model_cfg)
     engine = make_engine(run_cfg.rollout_engine, model, tokenizer)
-    score_dataset(engine, load_records(data_cfg), score_cfg, model_producer(model_cfg), scores_dir=scores_dir)
+    records = policy_prompts(load_records(data_cfg), tokenizer, data_cfg)
+    score_dataset(engine, records, score_cfg, model_producer(model_cfg), scores_dir=scores_dir)
     return scores_dir
 
 

@@ -81,8 +81,8 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_
     from transformers import PrinterCallback, ProgressCallback
 
     from sete_lite.curriculum import stage_indices
-    from sete_lite.data import apply_chat_template, load_records
-    from sete_lite.eval import evaluate_and_write, format_table, load_benchmarks
+    from sete_lite.data import load_records, policy_prompts
+    from sete_lite.eval import benchmark_prompts, evaluate_and_write, format_table, load_benchmarks
     from sete_lite.model import load_policy
     from sete_lite.rewards import resolve_reward_functions
     from sete_lite.rollout import make_engine
@@ -115,12 +115,8 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_
     output_dir.mkdir(parents=True, exist_ok=True)
 
     model, tokenizer = load_policy(model_cfg)
-    if data_cfg.use_chat_template:
-        records = apply_chat_template(records, tokenizer, data_cfg.system_prompt)
-    if eval_cfg.eval_use_chat_template:
-        heldout = {
-            name: apply_chat_template(rs, tokenizer, eval_cfg.eval_system_prompt) for name, rs in heldout.items()
-        }
+    records = policy_prompts(records, tokenizer, data_cfg)
+    heldout = benchmark_prompts(heldout, tokenizer, eval_cfg)
     engine = make_engine(run_cfg.rollout_engine, model, tokenizer)
 
     def evaluate_as(name: str, use_adapter: bool = True) -> None:

@@ -150,3 +150,15 @@ def test_chat_template_wraps_the_prompt(tiny_model_dir: Path) -> None:
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         apply_chat_template(records, tokenizer)
+
+
+def test_policy_prompts_follow_the_config(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from sete_lite.data import policy_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    records = [{"id": "0", "question": "q", "answer": "1", "prompt": "What is 0+1?"}]
+    assert policy_prompts(records, tokenizer, DataConfig(use_chat_template=False)) == records
+    [wrapped] = policy_prompts(records, tokenizer, DataConfig(use_chat_template=True, system_prompt="Be brief."))
+    assert wrapped["prompt"].startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 0+1?")
