@@ -379,17 +379,18 @@ def evaluate_and_write(
 def adapter_model_config(model_cfg: Any, adapter: str | None, model: str | None) -> Any:
     """The ModelConfig that loads `model` (default: the adapter's base) with the saved adapter's
     LoRA shape (rank, alpha, target modules), so any adapter loads without matching config keys."""
+    from sete_lite.model import read_adapter_config
+
     changes: dict[str, Any] = {}
     if model:
         changes["model_name_or_path"] = model
     if adapter:
-        config_file = Path(adapter) / "adapter_config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(
-                f"--adapter '{adapter}' has no adapter_config.json; give a directory written by save_pretrained "
-                "(a run's adapter/ or adapter/stage-K), or leave --adapter out to evaluate the base model"
-            )
-        saved = json.loads(config_file.read_text())
+        saved = read_adapter_config(
+            adapter,
+            "--adapter",
+            "give a directory written by save_pretrained (a run's adapter/ or adapter/stage-K), or leave "
+            "--adapter out to evaluate the base model",
+        )
         targets = saved["target_modules"]  # a list of module names, or one regex string
         changes.update(
             adapter_path=adapter,

@@ -124,15 +124,22 @@ def check_model_source(name_or_path: str) -> None:
         )
 
 
+def read_adapter_config(adapter_dir: str, setting: str, fix: str) -> dict:
+    """The adapter_config.json of a saved PEFT adapter; a missing one names `setting` and the `fix`."""
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{setting} '{adapter_dir}' has no adapter_config.json; {fix}")
+    return json.loads(config_file.read_text())
+
+
 def check_adapter_dir(adapter_path: str, cfg: ModelConfig) -> None:
     """A resume directory must hold a PEFT adapter whose rank matches the config."""
-    config_file = Path(adapter_path) / "adapter_config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"adapter_path '{adapter_path}' has no adapter_config.json; point it at a directory written "
-            "by model.save_pretrained (a LoRA checkpoint), or unset it to start fresh adapters"
-        )
-    saved = json.loads(config_file.read_text())
+    saved = read_adapter_config(
+        adapter_path,
+        "adapter_path",
+        "point it at a directory written by model.save_pretrained (a LoRA checkpoint), or unset it to start "
+        "fresh adapters",
+    )
     if saved.get("r") != cfg.lora_r:
         raise ValueError(
             f"adapter at '{adapter_path}' has LoRA rank {saved.get('r')} but lora_r is {cfg.lora_r}; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from importlib import resources
@@ -343,3 +344,14 @@ def test_the_paper_config_asks_for_the_papers_setting() -> None:
     assert (cfg.eval_num_samples, cfg.eval_temperature, cfg.eval_top_p) == (16, 1.0, 0.9)
     assert "Please reason step by step, and put your final answer within \\boxed{}." in cfg.eval_prompt_template
     assert not model_cfg.load_in_4bit and model_cfg.max_seq_length >= cfg.eval_max_tokens + 512
+
+
+def test_a_directory_without_adapter_config_is_named_with_the_fix(tmp_path: Path) -> None:
+    from sete_lite.model import check_adapter_dir
+
+    expected = f"--adapter '{tmp_path}' has no adapter_config.json; give a directory written by save_pretrained"
+    with pytest.raises(FileNotFoundError, match=re.escape(expected)):
+        adapter_model_config(ModelConfig(), str(tmp_path), None)
+    expected = f"adapter_path '{tmp_path}' has no adapter_config.json; point it at a directory written by"
+    with pytest.raises(FileNotFoundError, match=re.escape(expected)):
+        check_adapter_dir(str(tmp_path), ModelConfig())
