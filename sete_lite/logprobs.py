@@ -10,10 +10,21 @@ lm_head weight is frozen (the LoRA case): the gradient of log p(y_t) with respec
 h_t is (W[y_t] - E_p[W]) / temperature, one H-vector per token, which the forward pass computes
 chunk by chunk while the softmax is at hand. Likewise for the entropy when it needs a gradient.
 When the weight itself requires grad, the backward pass recomputes each chunk's logits instead.
-Softmax arithmetic is done in float32 whatever the input dtype (bf16 on GPU).
+Softmax arithmetic is done in float32 whatever the input dtype (bf16 on GPU). Hidden states and the
+head may differ in dtype (Unsloth loads the head in bfloat16 and can hand back float32 hidden
+states): the hidden chunk is cast to the head's dtype and, on CUDA, the product is accumulated and
+kept in float32 (rounding logits to bf16 biases the entropy low, as TRL's fused kernel notes).
+
+`completion_logprobs(model, ...)` runs a (PEFT) causal LM's decoder and applies the function above
+to the completion positions: the one place the trainer, the reference policy and the GPU check get
+per-token log-probs from a model.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -26,6 +37,15 @@ def default_chunk_size(vocab_size: int) -> int:
     return max(1, LOGITS_PER_CHUNK // vocab_size)
 
 
+def float32_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """hidden @ weight.T as float32, computed in the head's dtype (one (rows x V) buffer)."""
+    hidden = hidden.to(weight.dtype)
+    if weight.dtype in (torch.bfloat16, torch.float16) and weight.is_cuda:
+        # cuBLAS accumulates in float32 anyway; out_dtype keeps the result there instead of rounding it.
+        return torch.mm(hidden, weight.T, out_dtype=torch.float32)
+    return (hidden @ weight.T).float()
+
+
 def _chunk_softmax_stats(
     hidden_chunk: torch.Tensor, weight: torch.Tensor, ids_chunk: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -33,7 +53,7 @@ def _chunk_softmax_stats(
 
     In-place arithmetic keeps two (rows x V) buffers alive, never more.
     """
-    log_probs = (hidden_chunk @ weight.T).float()
+    log_probs = float32_logits(hidden_chunk, weight)
     if temperature != 1.0:
         log_probs /= temperature
     row_max = log_probs.amax(dim=-1, keepdim=True)
@@ -121,9 +141,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             for start in range(0, hidden.shape[0], ctx.chunk_size):
                 rows = slice(start, start + ctx.chunk_size)
-                log_probs, probs, _, entropy = _chunk_softmax_stats(
-                    hidden[rows], weight, ids[rows], ctx.temperature
-                )
+                log_probs, probs, _, entropy = _chunk_softmax_stats(hidden[rows], weight, ids[rows], ctx.temperature)
                 grad_z = _logit_grads(
                     log_probs,
                     probs,
@@ -134,9 +152,9 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 )
                 grad_z = (grad_z / ctx.temperature).to(weight.dtype)
                 del log_probs, probs
-                grad_weight += (grad_z.T @ hidden[rows]).float()
+                grad_weight += (grad_z.T @ hidden[rows].to(weight.dtype)).float()
                 if need_hidden:
-                    grad_hidden[rows] = grad_z @ weight
+                    grad_hidden[rows] = (grad_z @ weight).to(hidden.dtype)
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None
 
@@ -166,8 +184,7 @@ def token_logprobs_and_entropy(
     """
     if hidden.dim() != 3 or token_ids.shape != hidden.shape[:2]:
         raise ValueError(
-            f"hidden must be (B, T, H) and token_ids (B, T); got {tuple(hidden.shape)} "
-            f"and {tuple(token_ids.shape)}"
+            f"hidden must be (B, T, H) and token_ids (B, T); got {tuple(hidden.shape)} and {tuple(token_ids.shape)}"
         )
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
         raise ValueError(f"weight must be (V, {hidden.shape[2]}); got {tuple(weight.shape)}")
@@ -187,3 +204,73 @@ def token_logprobs_and_entropy(
         bool(entropy_requires_grad),
     )
     return logp.view(batch, length), entropy.view(batch, length)
+
+
+@contextlib.contextmanager
+def padding_mask_kept(decoder: torch.nn.Module) -> Iterator[None]:
+    """Make Unsloth's fast decoder honour the attention mask in training mode, for one call.
+
+    Unsloth's Llama/Qwen2 forward drops `attention_mask` while training unless the decoder carries
+    `_unsloth_keep_padding_mask` (its CausalLM forward marks `_has_no_labels` instead, which a
+    direct decoder call skips): every token of a left-padded batch would attend to the pads.
+    Plain transformers ignores the attribute.
+    """
+    missing = object()
+    previous = getattr(decoder, "_unsloth_keep_padding_mask", missing)
+    decoder._unsloth_keep_padding_mask = True
+    try:
+        yield
+    finally:
+        if previous is missing:
+            del decoder._unsloth_keep_padding_mask
+        else:
+            decoder._unsloth_keep_padding_mask = previous
+
+
+def completion_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_completion_tokens: int,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    entropy_requires_grad: bool = False,
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies of the last `num_completion_tokens` tokens of each row under `model`.
+
+    `model` is a causal LM or a PeftModel around one (adapters as they are: wrap the call in
+    `disable_adapter()` for the reference policy). Rows may be left-padded (`attention_mask` 0 on
+    the pads). Runs the decoder on `batch_size` rows at a time inside `forward_context()` (e.g.
+    autocast), then `token_logprobs_and_entropy` on its final hidden states: the logits are never
+    materialised whole. Returns two (rows, num_completion_tokens) float32 tensors.
+    """
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
+    limit = getattr(decoder, "max_seq_length", None)  # set by Unsloth, whose forward truncates beyond it
+    if limit is not None and input_ids.size(1) > limit:
+        raise ValueError(
+            f"a batch of {input_ids.size(1)} tokens (prompt + completion) exceeds the model's max_seq_length="
+            f"{limit}, and Unsloth would silently truncate it; raise max_seq_length or shorten prompts / "
+            "max_completion_length"
+        )
+    batch_size = batch_size or input_ids.size(0)
+    all_logps, all_entropies = [], []
+    for start in range(0, input_ids.size(0), batch_size):
+        ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+        with forward_context(), padding_mask_kept(decoder):
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        # The hidden state at position t predicts token t + 1.
+        logps, entropies = token_logprobs_and_entropy(
+            hidden[:, -num_completion_tokens - 1 : -1],
+            head.weight,
+            ids[:, -num_completion_tokens:],
+            chunk_size=chunk_size,
+            temperature=temperature,
+            entropy_requires_grad=entropy_requires_grad,
+        )
+        all_logps.append(logps)
+        all_entropies.append(entropies)
+    return torch.cat(all_logps), torch.cat(all_entropies)
