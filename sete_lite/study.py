@@ -85,7 +85,7 @@ def policy_statistics(model: Any, tokenizer: Any, samples: list[dict], prompts: 
     The completions are re-tokenized from their text (the character-level tokenizer round-trips
     exactly) plus the EOS that ended them.
     """
-    from sete_lite.rollout import adapters
+    from sete_lite.rollout import adapters, encode_prompts
 
     entropies, log_ratios, lengths = [], [], []
     model.eval()
@@ -93,7 +93,7 @@ def policy_statistics(model: Any, tokenizer: Any, samples: list[dict], prompts: 
         batch = samples[start : start + 32]
         rows, spans = [], []
         for s in batch:
-            prompt_ids = tokenizer(prompts[s["id"]], add_special_tokens=False)["input_ids"]
+            prompt_ids = encode_prompts(tokenizer, [prompts[s["id"]]])[0]
             completion = tokenizer(s["text"], add_special_tokens=False)["input_ids"]
             if s["finish_reason"] == "stop":
                 completion.append(tokenizer.eos_token_id)
@@ -168,7 +168,7 @@ def score_once(out: Path, seed: int, settings: list[str]) -> Path:
         config_classes(), DEFAULT_CONFIG, [*settings, f"seed={seed}"]
     )
     model, tokenizer = load_policy(model_cfg)
-    engine = make_engine(run_cfg.rollout_engine, model, tokenizer)
+    engine = make_engine(run_cfg.rollout_engine, model, tokenizer, model_cfg, seed=seed)
     records = policy_prompts(load_records(data_cfg), tokenizer, data_cfg)
     score_dataset(engine, records, score_cfg, model_producer(model_cfg), scores_dir=scores_dir)
     return scores_dir

