@@ -67,11 +67,12 @@ def resolve_adapter(run_dir: str | Path | None, adapter: str | Path | None, stag
 
 
 def resolve_base(adapter_dir: Path, base: str | None) -> str:
-    """The base model: `base`, else the one recorded in the adapter's config; built-in names resolved."""
-    from sete_lite.model import check_model_source
+    """The base model: `base`, else the one the adapter records (see model.adapter_base_model); built-in
+    names resolved."""
+    from sete_lite.model import adapter_base_model, check_model_source
     from sete_lite.tiny import resolve_builtin
 
-    name = base or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    name = base or adapter_base_model(adapter_dir)
     if not name:
         raise ValueError(f"the adapter at '{adapter_dir}' does not record its base model; pass --base")
     name = resolve_builtin(name)

@@ -27,6 +27,8 @@ import torch
 
 BACKENDS = ("auto", "unsloth", "transformers")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Beside a saved adapter: the model_name_or_path it was trained on, as configured.
+ADAPTER_BASE_FILE = "sete_lite_base.json"
 GPU_EXTRA = "pip install 'sete_lite[gpu]' (unsloth, unsloth_zoo, vllm)"
 
 
@@ -71,19 +73,23 @@ def unsloth_available() -> bool:
 
 
 def resolve_backend(cfg: ModelConfig) -> str:
-    """The backend `cfg` asks for, with "auto" resolved; a clear error when it cannot work here."""
+    """The backend `cfg` asks for, with "auto" resolved; a clear error when it cannot work here.
+
+    Unsloth runs on CPU too (its CPU fallback: a plain transformers model underneath), without
+    fast_inference, which needs vLLM on a GPU.
+    """
     has_gpu = torch.cuda.is_available()
     if cfg.backend == "auto":
         return "unsloth" if has_gpu and unsloth_available() else "transformers"
     if cfg.backend == "unsloth":
-        if not has_gpu:
-            raise RuntimeError(
-                "backend 'unsloth' needs a CUDA GPU and none is visible; "
-                "set backend: transformers (or auto) to train on this machine"
-            )
         if not unsloth_available():
             raise RuntimeError(
                 f"backend 'unsloth' needs the unsloth package: {GPU_EXTRA}, or set backend: transformers"
+            )
+        if cfg.fast_inference and not has_gpu:
+            raise RuntimeError(
+                "fast_inference (Unsloth's vLLM) needs a CUDA GPU and none is visible; set fast_inference: false "
+                "to train with backend unsloth on this machine, or backend: transformers"
             )
     return cfg.backend
 
@@ -93,13 +99,20 @@ def import_unsloth(vllm_standby: bool) -> None:
     if vllm_standby:
         # Read by unsloth at import time: vLLM's KV cache is released while the trainer runs.
         os.environ["UNSLOTH_VLLM_STANDBY"] = "1"
+        # Standby otherwise raises gpu_memory_utilization to a tier of its own (~0.78 on 24 GB):
+        # the config's value is what vLLM gets.
+        os.environ["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] = "1"
     import unsloth  # noqa: F401
 
 
 def import_unsloth_first(values: dict[str, Any]) -> None:
     """For CLIs, given the raw config values: import Unsloth now if this run will use it, before
     anything imports transformers or TRL (parsing a training config imports TRL's GRPOConfig)."""
-    cfg = ModelConfig(backend=values.get("backend", "auto"), vllm_standby=values.get("vllm_standby", False))
+    cfg = ModelConfig(
+        backend=values.get("backend", "auto"),
+        fast_inference=values.get("fast_inference", True),
+        vllm_standby=values.get("vllm_standby", False),
+    )
     if resolve_backend(cfg) == "unsloth":
         import_unsloth(cfg.vllm_standby)
 
@@ -122,6 +135,16 @@ def check_model_source(name_or_path: str) -> None:
             f"model path '{name_or_path}' does not exist; give an existing directory written by "
             "save_pretrained, or a hub name such as 'Qwen/Qwen2.5-1.5B-Instruct'"
         )
+
+
+def adapter_base_model(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter was trained on: the configured name sete_lite recorded beside it
+    (ADAPTER_BASE_FILE), else adapter_config.json's base_model_name_or_path (an adapter from elsewhere)."""
+    recorded = Path(adapter_dir) / ADAPTER_BASE_FILE
+    if recorded.is_file():
+        return json.loads(recorded.read_text())["base_model"]
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    return json.loads(config_file.read_text()).get("base_model_name_or_path") if config_file.is_file() else None
 
 
 def read_adapter_config(adapter_dir: str, setting: str, fix: str) -> dict:
@@ -242,11 +265,12 @@ def _load_unsloth(cfg: ModelConfig) -> tuple[Any, Any]:
     import_unsloth(cfg.vllm_standby)
     from unsloth import FastLanguageModel
 
+    dtype = resolve_dtype(cfg)  # "auto": bfloat16/float16 on a GPU as Unsloth picks, float32 on CPU
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=cfg.model_name_or_path,
         max_seq_length=cfg.max_seq_length,
         load_in_4bit=cfg.load_in_4bit,
-        dtype=None if cfg.dtype == "auto" else DTYPES[cfg.dtype],
+        dtype=dtype,
         fast_inference=cfg.fast_inference,
         max_lora_rank=cfg.lora_r,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
@@ -261,6 +285,10 @@ def _load_unsloth(cfg: ModelConfig) -> tuple[Any, Any]:
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
         random_state=cfg.seed,
     )
+    if dtype == torch.float32:
+        # Unsloth's trainer keeps float32 training only for a model marked as asked for in float32,
+        # else it switches to fp16/bf16 autocast; its CPU fallback loader forgets the mark.
+        model._unsloth_user_float32 = True
     return model, tokenizer
 
 

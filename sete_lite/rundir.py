@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from sete_lite.atomic import append_jsonl, read_jsonl, replace_dir, write_text
+from sete_lite.model import ADAPTER_BASE_FILE
 
 CHECKPOINT_DONE = "sete_checkpoint_complete"
 
@@ -40,13 +41,23 @@ def truncate_log(path: Path, last_step: int) -> None:
     write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
-def save_adapter_atomically(model, directory: Path, tokenizer=None) -> None:
-    """Save the LoRA adapter to a hidden sibling, then swap it in: never a half-written adapter."""
+def save_adapter_atomically(model, directory: Path, base_model: str, tokenizer=None) -> None:
+    """Save the LoRA adapter to a hidden sibling, then swap it in: never a half-written adapter.
+
+    `base_model` is the configured model name (hub name, path or builtin:NAME), recorded beside the
+    adapter (ADAPTER_BASE_FILE) because adapter_config.json may name another: Unsloth records its
+    `unsloth/...-bnb-4bit` repository. The tokenizer is saved padding on the left, for generation
+    (Unsloth's trainer switches the live one to the right).
+    """
 
     def build(partial: Path) -> None:
         model.save_pretrained(partial)
+        write_text(partial / ADAPTER_BASE_FILE, json.dumps({"base_model": base_model}) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(partial)
+            # transformers saves the padding side it was created with, not the live one.
+            config = json.loads((partial / "tokenizer_config.json").read_text())
+            write_text(partial / "tokenizer_config.json", json.dumps({**config, "padding_side": "left"}, indent=2))
         # Stage adapters saved earlier live inside the final adapter directory: carry them over.
         for child in directory.glob("stage-*"):
             shutil.copytree(child, partial / child.name)
@@ -59,8 +70,9 @@ class RunRecorder(TrainerCallback):
     rollouts.jsonl (the prompt ids each step sampled), a completion marker in each checkpoint, and
     the adapter at the end of every curriculum stage."""
 
-    def __init__(self, output_dir: Path, on_stage_end: Callable[[int], None] | None = None) -> None:
+    def __init__(self, output_dir: Path, base_model: str, on_stage_end: Callable[[int], None] | None = None) -> None:
         self.output_dir = output_dir
+        self.base_model = base_model  # recorded with each stage's adapter
         self.on_stage_end = on_stage_end  # e.g. a held-out evaluation
         self.trainer = None  # set once the trainer exists: stage boundaries come from its sampler
 
@@ -85,7 +97,7 @@ class RunRecorder(TrainerCallback):
         step = state.global_step
         stage = self.trainer.stage_of_step(step - 1)
         if step == state.max_steps or self.trainer.stage_of_step(step) != stage:
-            save_adapter_atomically(model, self.output_dir / "adapter" / f"stage-{stage}")
+            save_adapter_atomically(model, self.output_dir / "adapter" / f"stage-{stage}", self.base_model)
             if self.on_stage_end is not None:
                 self.on_stage_end(stage)
 

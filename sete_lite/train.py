@@ -85,7 +85,7 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_
     from sete_lite.eval import benchmark_prompts, evaluate_and_write, format_table, load_benchmarks
     from sete_lite.model import load_policy
     from sete_lite.rewards import resolve_reward_functions
-    from sete_lite.rollout import make_engine
+    from sete_lite.rollout import check_context, context_limit, make_engine
     from sete_lite.rundir import (
         RewardEntropyBar,
         RunRecorder,
@@ -117,7 +117,13 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_
     model, tokenizer = load_policy(model_cfg)
     records = policy_prompts(records, tokenizer, data_cfg)
     heldout = benchmark_prompts(heldout, tokenizer, eval_cfg)
-    engine = make_engine(run_cfg.rollout_engine, model, tokenizer)
+    engine = make_engine(run_cfg.rollout_engine, model, tokenizer, model_cfg, seed=train_cfg.seed)
+    limit = context_limit(model, engine)
+    prompts = [r["prompt"] for r in records]
+    check_context(tokenizer, prompts, train_cfg.max_completion_length, limit, "max_completion_length")
+    check_context(tokenizer, prompts, score_cfg.se_max_tokens, limit, "se_max_tokens")
+    heldout_prompts = [r["prompt"] for rows in heldout.values() for r in rows]
+    check_context(tokenizer, heldout_prompts, eval_cfg.eval_max_tokens, limit, "eval_max_tokens")
 
     def evaluate_as(name: str, use_adapter: bool = True) -> None:
         results = evaluate_and_write(
@@ -148,10 +154,10 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_
         processing_class=tokenizer,
         rollout_engine=engine,
         curriculum_stages=stages,
-        callbacks=[recorder := RunRecorder(output_dir), RewardEntropyBar()],
+        callbacks=[recorder := RunRecorder(output_dir, model_cfg.model_name_or_path), RewardEntropyBar()],
     )
     if run_cfg.eval_at_stage_end:
-        recorder.on_stage_end = lambda stage: (trainer.wake_rollout_engine(), evaluate_as(f"stage-{stage}"))
+        recorder.on_stage_end = lambda stage: evaluate_as(f"stage-{stage}")
     recorder.trainer = trainer
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
@@ -160,7 +166,7 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_
         truncate_log(log, trainer_step(checkpoint) if checkpoint else -1)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    save_adapter_atomically(trainer.model, output_dir / "adapter", tokenizer)
+    save_adapter_atomically(trainer.model, output_dir / "adapter", model_cfg.model_name_or_path, tokenizer)
     return summarize(output_dir, time.perf_counter() - started), trainer
 
 
@@ -172,8 +178,10 @@ def check_settings(model_cfg, run_cfg, train_cfg) -> None:
     """Errors that name the fix for settings this machine or this method cannot honour."""
     import torch
 
+    from sete_lite.model import resolve_backend
     from sete_lite.rollout import ENGINES
 
+    resolve_backend(model_cfg)  # unsloth without the package, fast_inference without a GPU
     if run_cfg.rollout_engine not in ("auto", *ENGINES):
         raise ValueError(f"rollout_engine must be 'auto' or one of {ENGINES}, got '{run_cfg.rollout_engine}'")
     if train_cfg.num_generations < 2:
@@ -181,17 +189,11 @@ def check_settings(model_cfg, run_cfg, train_cfg) -> None:
             f"num_generations={train_cfg.num_generations}: group-relative advantages need at least 2 "
             "completions per prompt"
         )
-    if not torch.cuda.is_available():
-        gpu_only = {
-            "backend: unsloth": model_cfg.backend == "unsloth",
-            f"rollout_engine: {run_cfg.rollout_engine}": run_cfg.rollout_engine in ("vllm", "unsloth"),
-        }
-        wrong = [setting for setting, on in gpu_only.items() if on]
-        if wrong:
-            raise ValueError(
-                f"{', '.join(wrong)} need a CUDA GPU and none is available; on CPU use backend: transformers, "
-                "rollout_engine: transformers (or auto)"
-            )
+    if not torch.cuda.is_available() and run_cfg.rollout_engine in ("vllm", "unsloth"):
+        raise ValueError(
+            f"rollout_engine: {run_cfg.rollout_engine} needs a CUDA GPU and none is available; on CPU use "
+            "rollout_engine: transformers (or auto)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from sete_lite.curriculum import CurriculumSampler
-from sete_lite.logprobs import token_logprobs_and_entropy
+from sete_lite.logprobs import completion_logprobs
 from sete_lite.loss import GENERIC_DEFAULTS, MODE_DEFAULTS, LossConfig, policy_loss
-from sete_lite.rollout import RolloutEngine, SamplingConfig
+from sete_lite.rollout import RolloutEngine, SamplingConfig, encode_prompts
 
 LOSS_FIELDS = [f.name for f in dataclasses.fields(LossConfig)]
 
@@ -55,6 +55,10 @@ class SENTConfig(GRPOConfig):
     entropy_coef: float = 0.001
     top_entropy_quantile: float = 0.2
     logprob_chunk_size: int | None = None
+    # TRL's default (True) recomputes old log-probs with a full no-grad pass per generation batch
+    # whenever use_vllm is on, which Unsloth forces with fast_inference: with one optimizer step per
+    # batch they equal the current ones. The sampling/recompute gap is logged as sampling/logp_gap_mean.
+    vllm_importance_sampling_correction: bool = False
     # The curriculum (SENT.md section 1, step 5); with it, epochs_per_stage replaces num_train_epochs.
     curriculum: bool = True
     num_stages: int = 2
@@ -89,7 +93,6 @@ class SENTTrainer(GRPOTrainer):
         **kwargs: Any,
     ) -> None:
         self.rollout_engine = rollout_engine
-        self._engine_asleep = False
         self.curriculum_stages = curriculum_stages
         config: SENTConfig = kwargs["args"]
         self.loss_config = config.loss_config()
@@ -138,31 +141,23 @@ class SENTTrainer(GRPOTrainer):
         sampling = SamplingConfig(
             temperature=self.temperature,
             top_p=self.args.top_p,
-            top_k=self.args.top_k or 0,
+            top_k=self.args.top_k,  # None, 0 or -1 (Unsloth's rewrite): all mean disabled
             min_p=self.args.min_p or 0.0,
             max_tokens=self.max_completion_length,
             seed=self.args.seed + self.state.global_step,
         )
         self.model.eval()  # no dropout while sampling
-        self.wake_rollout_engine()
         groups = self.rollout_engine.generate(unique, group, sampling)
         if hasattr(self.rollout_engine, "sleep"):
-            # Unsloth standby: free vLLM's KV cache for the training step (a no-op without standby).
+            # Unsloth standby: free vLLM's KV cache for the training step (the engine wakes itself).
             self.rollout_engine.sleep()
-            self._engine_asleep = True
         self.model.train()
-        prompt_ids = self.processing_class(unique, add_special_tokens=False)["input_ids"]
+        prompt_ids = encode_prompts(self.processing_class, unique)  # the tokens the engine sampled from
         return {
             "prompt_ids": [ids for ids in prompt_ids for _ in range(group)],
             "completion_ids": [c.token_ids for completions in groups for c in completions],
             "logprobs": [c.logprobs for completions in groups for c in completions],
         }
-
-    def wake_rollout_engine(self) -> None:
-        """Give vLLM its memory back after a training step (Unsloth standby); a no-op otherwise."""
-        if self._engine_asleep:
-            self.rollout_engine.wake_up()
-            self._engine_asleep = False
 
     # ------------------------------------------------------------------------------------------
     # Log-probs and entropies from hidden states, chunked over the vocabulary
@@ -180,30 +175,19 @@ class SENTTrainer(GRPOTrainer):
     ):
         if any(value is not None for value in multimodal.values()):
             raise NotImplementedError("sete_lite trains text-only models; multimodal inputs are not supported")
-        causal_lm = self.accelerator.unwrap_model(model)
-        if hasattr(causal_lm, "get_base_model"):  # a PeftModel: LoRA layers live inside the base model
-            causal_lm = causal_lm.get_base_model()
-        backbone, lm_head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
         entropy_grad = compute_entropy and self.loss_config.mode == "entropy_bonus" and torch.is_grad_enabled()
-        batch_size = batch_size or input_ids.size(0)
-        all_logps, all_entropies = [], []
-        for start in range(0, input_ids.size(0), batch_size):
-            ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-            with self.accelerator.autocast():
-                hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-            # The hidden state at position t predicts token t + 1.
-            logps, entropies = token_logprobs_and_entropy(
-                hidden[:, -logits_to_keep - 1 : -1],
-                lm_head.weight,
-                ids[:, -logits_to_keep:],
-                chunk_size=self.args.logprob_chunk_size,
-                temperature=self.temperature,
-                entropy_requires_grad=entropy_grad,
-            )
-            all_logps.append(logps)
-            all_entropies.append(entropies)
-        entropies = torch.cat(all_entropies) if compute_entropy else None
-        return torch.cat(all_logps), entropies, None
+        logps, entropies = completion_logprobs(
+            self.accelerator.unwrap_model(model),
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            temperature=self.temperature,
+            chunk_size=self.args.logprob_chunk_size,
+            batch_size=batch_size,
+            entropy_requires_grad=entropy_grad,
+            forward_context=self.accelerator.autocast,
+        )
+        return logps, entropies if compute_entropy else None, None
 
     # ------------------------------------------------------------------------------------------
     # Reference log-probs and curriculum metrics
@@ -265,6 +249,8 @@ class SENTTrainer(GRPOTrainer):
             self.loss_config,
         )
         self.last_loss_inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "logp": logps.detach(),
             "old_logp": old_logps.detach(),
             "ref_logp": inputs.get("ref_per_token_logps"),

@@ -243,3 +243,34 @@ def test_gguf_without_a_gpu_says_what_is_needed(tmp_path: Path, adapter_dir: Pat
     with pytest.raises(RuntimeError, match=r"needs a CUDA GPU and the unsloth package.*convert_hf_to_gguf\.py"):
         main(["--adapter", str(adapter_dir), "--method", "gguf", "--output", str(tmp_path / "g")])
     assert not (tmp_path / "g").exists()
+
+
+def test_the_base_recorded_with_a_run_adapter_wins_over_unsloths(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Unsloth records its unsloth/...-bnb-4bit repository as the adapter's base; a run records the
+    model it was configured with beside the adapter, and export uses that without --base."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from sete_lite.rundir import save_adapter_atomically
+
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        str(make_adapter(tiny_model_dir, tmp_path / "made", scale=0.2)),
+    )
+    model.peft_config["default"].base_model_name_or_path = "unsloth/tiny-qwen2-bnb-4bit"  # as Unsloth saves it
+    save_adapter_atomically(model, tmp_path / "run" / "adapter", str(tiny_model_dir))
+    saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "unsloth/tiny-qwen2-bnb-4bit"
+    out = main(
+        [
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--method",
+            "merged_16bit",
+            "--dtype",
+            "float32",
+            "--output",
+            str(tmp_path / "merged"),
+        ]
+    )
+    assert json.loads((out / EXPORT_INFO).read_text())["base"] == str(tiny_model_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import bitsandbytes as bnb
 import pytest
 import torch
@@ -173,3 +175,30 @@ def test_unsloth_without_gpu_names_the_fix(tiny_model_dir):
 def test_bad_input_fails_early_with_the_fix(tiny_model_dir, overrides, error, match):
     with pytest.raises(error, match=match):
         load_policy(config(tiny_model_dir, **overrides))
+
+
+def test_standby_keeps_the_configured_gpu_memory_utilization(monkeypatch):
+    """Unsloth's standby raises gpu_memory_utilization to a tier of its own (~0.78 on 24 GB) unless
+    UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE is set: the config's value must be what vLLM gets."""
+    import sys
+    import types
+
+    from sete_lite.model import import_unsloth
+
+    for name in ("UNSLOTH_VLLM_STANDBY", "UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))  # read at import: env first
+    import_unsloth(vllm_standby=True)
+    assert os.environ["UNSLOTH_VLLM_STANDBY"] == "1"
+    assert os.environ["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] == "1"
+
+
+def test_fast_inference_needs_a_gpu_but_unsloth_itself_does_not(tiny_model_dir, monkeypatch):
+    import sete_lite.model
+
+    monkeypatch.setattr(sete_lite.model.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sete_lite.model, "unsloth_available", lambda: True)
+    with pytest.raises(RuntimeError, match="set fast_inference: false"):
+        resolve_backend(config(tiny_model_dir, backend="unsloth"))
+    assert resolve_backend(config(tiny_model_dir, backend="unsloth", fast_inference=False)) == "unsloth"
+    assert resolve_backend(config(tiny_model_dir, backend="auto")) == "transformers"  # auto never picks it on CPU

@@ -235,7 +235,7 @@ def test_metrics_keep_the_off_policy_steps_and_drop_the_training_summary(tmp_pat
     from sete_lite.atomic import read_jsonl
     from sete_lite.rundir import RunRecorder
 
-    recorder = RunRecorder(tmp_path)
+    recorder = RunRecorder(tmp_path, "builtin:arith-qwen2")
     logs = [
         (1, {"reward": 0.5, "entropy": 0.2, "loss": 0.1}),  # a step that generated rollouts
         (2, {"entropy": 0.3, "loss": 0.2, "clip_ratio": 0.05}),  # the second step on the same rollouts
@@ -258,3 +258,21 @@ def test_summary_lists_held_out_scores_in_stage_order_and_prints_the_change(tmp_
     assert list(summary["eval"]) == ["before", "stage-0", "stage-2", "stage-10"]
     expected = "held-out accuracy (mean over samples): before 40.0% -> stage-0 45.0% -> stage-2 50.0% -> stage-10 60.0%"
     assert expected in capsys.readouterr().out
+
+
+def test_saved_adapter_records_the_configured_base_and_pads_left(tmp_path: Path) -> None:
+    """The adapter names the model as configured (not a machine's path, not Unsloth's bnb repo), and
+    its tokenizer pads on the left for generation even if the live one was switched to the right
+    (Unsloth's trainer does that)."""
+    from sete_lite.model import ADAPTER_BASE_FILE, ModelConfig, adapter_base_model, load_policy
+    from sete_lite.rundir import save_adapter_atomically
+
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path="builtin:arith-qwen2", load_in_4bit=False))
+    tokenizer.padding_side = "right"
+    save_adapter_atomically(model, tmp_path / "adapter", "builtin:arith-qwen2", tokenizer)
+    assert adapter_base_model(tmp_path / "adapter") == "builtin:arith-qwen2"
+    assert json.loads((tmp_path / "adapter" / ADAPTER_BASE_FILE).read_text()) == {"base_model": "builtin:arith-qwen2"}
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "adapter").padding_side == "left"
+    assert tokenizer.padding_side == "right"  # the live tokenizer is left alone

@@ -163,3 +163,47 @@ def test_config_validates_loss_fields_early():
     assert (cfg.beta, cfg.kl_cov_ratio, cfg.ppo_kl_coef) == (0.001, 0.0002, 0.1)
     loss_fields = {f.name for f in dataclasses.fields(cfg.loss_config())}
     assert loss_fields <= {f.name for f in dataclasses.fields(SENTConfig)}
+
+
+def test_rollout_accepts_unsloths_top_k_rewrite(tiny_model_dir, tmp_path):
+    # Unsloth's generated GRPOTrainer sets args.top_k = -1 when the policy carries a vLLM engine.
+    trainer, _, _ = make_trainer(tiny_model_dir, tmp_path)
+    prompts = [p for p in ("Compute 1 + 1.", "Compute 2 + 2.") for _ in range(trainer.num_generations)]
+    outputs = []
+    for top_k in (None, -1):
+        trainer.args.top_k = top_k
+        outputs.append(trainer._rollout(prompts, trainer))
+    assert outputs[0] == outputs[1]
+
+
+def count_logprob_passes(trainer) -> list[bool]:
+    """Wrap the trainer's log-prob function; returns a list that records grad mode per call."""
+    calls = []
+    original = trainer._get_per_token_logps_and_entropies
+
+    def counted(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return original(*args, **kwargs)
+
+    trainer._get_per_token_logps_and_entropies = counted
+    return calls
+
+
+@pytest.mark.parametrize("correction", [False, True])
+def test_no_old_logprob_pass_when_unsloth_forces_use_vllm(tiny_model_dir, tmp_path, correction):
+    """Unsloth turns TRL's use_vllm on (fast_inference); with TRL's default importance-sampling
+    correction every generation batch would cost a full no-grad pass for old log-probs that equal the
+    current ones. SENTConfig defaults the correction off: one reference pass + the loss pass."""
+    from types import SimpleNamespace
+
+    overrides = {} if not correction else {"vllm_importance_sampling_correction": True}
+    trainer, _, _ = make_trainer(tiny_model_dir, tmp_path, steps=1, **overrides)
+    trainer.use_vllm = True  # as Unsloth's generated __init__ sets it
+    trainer.vllm_importance_sampling_correction = trainer.args.vllm_importance_sampling_correction
+    trainer.vllm_generation = SimpleNamespace(sync_weights=lambda: None)  # shared weights: nothing to sync
+    trainer._last_loaded_step = 0
+    calls = count_logprob_passes(trainer)
+    trainer.train()
+    no_grad_passes = calls.count(False)
+    assert no_grad_passes == (2 if correction else 1)  # reference (+ old log-probs with the correction)
+    assert calls.count(True) == 1
