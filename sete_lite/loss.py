@@ -1,9 +1,10 @@
 """Policy losses: SENT's token-entropy KL / covariance loss and the baselines it is compared with.
 
 `policy_loss(logp, old_logp, ref_logp, advantages, entropy, mask, cfg)` works on per-token tensors
-only (no model), so every rule here can be checked against a plain float64 re-implementation.
+only (no model), so every rule here can be checked against a plain float64 re-implementation. The
+rules, and where the paper and its released code differ: docs/method.md (sections 3 and 4).
 
-Modes (../shared/docs/SENT.md sections 2 and 3):
+Modes:
 - sent: clipped surrogate + beta_t * KL_t(pi || ref), with beta_t = beta_high on the high-covariance
   tokens among the low-entropy ones, beta_low on the other low-entropy tokens, 0 on the rest.
 - sent_code: the released code's variant (no clipping, |log pi - log pi_old| penalties on the top /
@@ -11,60 +12,64 @@ Modes (../shared/docs/SENT.md sections 2 and 3):
 - grpo: clipped surrogate, plus an optional uniform KL (beta) to the reference.
 - kl_cov: no clipping; |log pi - log pi_old| penalty on the top-covariance tokens (Cui et al. 2025).
 - clip_cov: clipped surrogate; a random subset of tokens in a covariance band is detached.
-- entropy_bonus: clipped surrogate minus entropy_coef * entropy.
-- high_entropy_mask: clipped surrogate on the top-entropy tokens only (Wang et al. 2025, "80/20").
-Every selection is made over the valid (mask = 1) tokens of the whole batch, and a fraction q of
+- entropy_bonus: grpo with TRL's entropy bonus on (entropy_coef 0.001).
+- high_entropy_mask: grpo with TRL's top_entropy_quantile at 0.2 (Wang et al. 2025, "80/20").
+TRL's keys keep TRL's meaning in every mode: `loss_type` (how per-token losses are reduced),
+`epsilon`/`epsilon_high`, `beta` (a uniform k3 KL to the reference), `entropy_coef` (minus coef x
+the mean entropy) and `top_entropy_quantile` (the policy term on the top-q entropy tokens only).
+Every selection is made over the valid (mask = 1) tokens of the batch given, and a fraction q of
 n tokens always selects max(1, floor(q * n)) of them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from sete_lite.config import check_known_keys
-
 MODES = ("sent", "sent_code", "grpo", "kl_cov", "clip_cov", "entropy_bonus", "high_entropy_mask")
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+# TRL's loss types that change only how per-token losses are reduced (the others change the surrogate).
+LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
-# Defaults that differ by mode (SENT.md): the released SENT code vs the original KL-Cov code.
+# The defaults of the keys whose default depends on the mode (None in LossConfig): the released SENT
+# code's for sent_code, the original KL-Cov code's for kl_cov, TRL's own elsewhere.
+DEFAULTS = {"beta": 0.0, "kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0, "entropy_coef": 0.0, "top_entropy_quantile": 1.0}
 MODE_DEFAULTS: dict[str, dict[str, float]] = {
     "sent_code": {"beta": 0.001, "kl_cov_ratio": 0.0002, "ppo_kl_coef": 0.1},
-    "kl_cov": {"beta": 0.0, "kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0},
+    "entropy_bonus": {"entropy_coef": 0.001},
+    "high_entropy_mask": {"top_entropy_quantile": 0.2},
 }
-GENERIC_DEFAULTS = {"beta": 0.0, "kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0}
 # Log-ratios are clamped before exp() so one wild token cannot overflow the loss (as verl does).
 LOG_RATIO_LIMIT = 20.0
 
 
 @dataclass
 class LossConfig:
-    """Which policy loss to optimise, and its coefficients.
+    """Which policy loss to optimise, and its coefficients: the one declaration of these config keys
+    (sete_lite.trainer.SENTConfig inherits them).
 
-    beta, kl_cov_ratio and ppo_kl_coef default to None, which means the mode's own default
-    (MODE_DEFAULTS): sent_code follows the released SENT code, kl_cov the original KL-Cov code.
+    beta, kl_cov_ratio, ppo_kl_coef, entropy_coef and top_entropy_quantile default to None: the mode's
+    own default (MODE_DEFAULTS, else DEFAULTS).
     """
 
     mode: str = "sent"
+    # TRL's GRPOConfig keys, with TRL's meaning (beta, entropy_coef, top_entropy_quantile: see above).
+    loss_type: str = "dapo"
     epsilon: float = 0.2
     epsilon_high: float | None = None  # None = epsilon
-    aggregation: str = "token_mean"
+    beta: float | None = None
+    entropy_coef: float | None = None
+    top_entropy_quantile: float | None = None
     kl_estimator: str = "k3"
     # sent: T_low = the lowest-entropy low_entropy_quantile of tokens; T_hc = the top
     # high_cov_ratio of T_low by covariance. The paper leaves kappa, beta_low, beta_high open: these are
-    # SENT.md's provisional values, kept after the sweep in docs/results/toy_study.md (no other point
-    # did better; 10x and 50x larger betas lowered held-out accuracy).
+    # provisional values, kept after the sweep on the built-in task (docs/method.md#defaults).
     low_entropy_quantile: float = 0.8
     high_cov_ratio: float = 0.002
     beta_low: float = 0.01
     beta_high: float = 0.04
-    # Uniform KL-to-reference coefficient on every valid token, in any mode.
-    beta: float | None = None
     # kl_cov and sent_code
     kl_cov_ratio: float | None = None
     ppo_kl_coef: float | None = None
@@ -72,59 +77,48 @@ class LossConfig:
     clip_cov_ratio: float = 0.0002
     clip_cov_lb: float = 1.0
     clip_cov_ub: float = 5.0
-    # entropy_bonus
-    entropy_coef: float = 0.001
-    # high_entropy_mask: the top fraction of tokens by entropy that receive a policy gradient.
-    top_entropy_quantile: float = 0.2
 
     def __post_init__(self) -> None:
-        for name, value in MODE_DEFAULTS.get(self.mode, GENERIC_DEFAULTS).items():
+        self.resolve_loss_defaults()
+
+    def resolve_loss_defaults(self) -> None:
+        """Fill the mode-dependent defaults, then check every field (a ValueError names the key)."""
+        for name, value in {**DEFAULTS, **MODE_DEFAULTS.get(self.mode, {})}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
-        self.validate()
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> LossConfig:
-        """Build from a mapping; an unknown key is a ValueError naming the closest fields."""
-        check_known_keys(values, [f.name for f in dataclasses.fields(cls)], "LossConfig")
-        return cls(**values)
-
-    def validate(self) -> None:
-        """Raise a ValueError naming the first field that is out of range."""
-        choices = {"mode": MODES, "aggregation": AGGREGATIONS, "kl_estimator": KL_ESTIMATORS}
+        choices = {"mode": MODES, "kl_estimator": KL_ESTIMATORS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"LossConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
-        fractions = (
+                raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {allowed}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(
+                f"loss_type={self.loss_type!r} is not supported: sete_lite's losses take TRL's reductions "
+                f"{LOSS_TYPES} (TRL's other loss types replace the surrogate itself)"
+            )
+        for name in (
             "low_entropy_quantile",
             "high_cov_ratio",
             "kl_cov_ratio",
             "clip_cov_ratio",
             "top_entropy_quantile",
-        )
-        for name in fractions:
+        ):
             if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"LossConfig.{name} must be in (0, 1], got {getattr(self, name)}")
-        non_negative = (
-            "epsilon",
-            "epsilon_high",
-            "beta_low",
-            "beta_high",
-            "beta",
-            "ppo_kl_coef",
-            "entropy_coef",
-        )
-        for name in non_negative:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        for name in ("epsilon", "epsilon_high", "beta_low", "beta_high", "beta", "ppo_kl_coef", "entropy_coef"):
             if getattr(self, name) < 0:
-                raise ValueError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.clip_cov_lb >= self.clip_cov_ub:
             raise ValueError(f"clip_cov_lb ({self.clip_cov_lb}) must be < clip_cov_ub ({self.clip_cov_ub})")
 
     def needs_reference(self) -> bool:
         """Whether this configuration reads the reference policy's log-probs."""
         return self.mode == "sent" or self.beta > 0
+
+    def needs_entropy_grad(self) -> bool:
+        """Whether the entropy enters the loss (TRL's entropy bonus), so it needs a gradient."""
+        return self.entropy_coef > 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,22 +161,30 @@ def kl_to_reference(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) 
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """Reduce a (B, T) per-token loss over the valid tokens.
+def reduce_tokens(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    *,
+    max_completion_length: int | None = None,
+    num_tokens: float | None = None,
+) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss over the valid tokens as TRL's `loss_type` does.
 
-    token_mean: sum / number of valid tokens. seq_mean_token_mean: the mean over sequences (with at
-    least one valid token) of each sequence's token mean. seq_mean_token_sum_norm: Dr. GRPO's
-    sum / (B * T), with T the padded completion length (a constant when padded to the maximum).
+    grpo: each sequence's mean over its valid tokens, then the mean over sequences (a sequence without
+    valid tokens counts as 0, as in TRL). bnpo: sum / the number of valid tokens. dapo: sum /
+    `num_tokens`, the valid tokens of the whole accumulated batch per micro-batch (default: this
+    batch's, which makes it bnpo). dr_grpo: sum / (B * max_completion_length) (default: T).
     """
     weights = mask.to(per_token.dtype)
-    if how == "token_mean":
-        return (per_token * weights).sum() / weights.sum()
-    if how == "seq_mean_token_mean":
-        lengths = weights.sum(-1)
-        has_tokens = lengths > 0
-        seq_means = (per_token * weights).sum(-1)[has_tokens] / lengths[has_tokens]
-        return seq_means.mean()
-    return (per_token * weights).sum() / mask.numel()
+    total = (per_token * weights).sum()
+    if loss_type == "grpo":
+        return ((per_token * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)).mean()
+    if loss_type == "bnpo":
+        return total / weights.sum().clamp(min=1.0)
+    if loss_type == "dapo":
+        return total / (weights.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0))
+    return total / (per_token.shape[0] * (max_completion_length or per_token.shape[1]))
 
 
 def masked_mean(values: torch.Tensor, selected: torch.Tensor) -> float:
@@ -225,6 +227,8 @@ def policy_loss(
     cfg: LossConfig,
     *,
     generator: torch.Generator | None = None,
+    max_completion_length: int | None = None,
+    num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The policy loss of `cfg.mode` on one batch of completion tokens.
 
@@ -233,10 +237,12 @@ def policy_loss(
         old_logp: (B, T) log-probs under the rollout policy (pi_old).
         ref_logp: (B, T) log-probs under the reference (adapters off), or None.
         advantages: (B,) per sequence or (B, T) per token.
-        entropy: (B, T) token entropies (with grad only for entropy_bonus).
+        entropy: (B, T) token entropies (with grad when cfg.entropy_coef > 0).
         mask: (B, T) 1/True on valid completion tokens.
-        cfg: the LossConfig.
+        cfg: the LossConfig (or a SENTConfig, which is one).
         generator: random source for clip_cov's random selection.
+        max_completion_length, num_tokens: the normalisers of loss_type dr_grpo and dapo (see
+            reduce_tokens).
 
     Returns:
         (loss, stats): a scalar to minimise, and a dict of floats to log.
@@ -258,6 +264,10 @@ def policy_loss(
     is_clipped_low = (ratio < 1 - cfg.epsilon) & (advantages < 0) & valid
     is_clipped_high = (ratio > 1 + cfg.epsilon_high) & (advantages > 0) & valid
     kl = kl_to_reference(logp, ref_logp, cfg.kl_estimator) if ref_logp is not None else None
+    # TRL's top_entropy_quantile: the policy term acts on the top-q tokens by entropy only (1.0: all).
+    policy_tokens = valid
+    if cfg.top_entropy_quantile < 1.0:
+        policy_tokens = select_extreme(entropy_detached, valid, count_of(cfg.top_entropy_quantile, n), largest=True)
 
     # T_low, the lowest-entropy low_entropy_quantile of the tokens: where SENT puts its KL. Its entropy
     # is logged in every mode, so methods can be compared on the tokens SENT protects.
@@ -274,33 +284,36 @@ def policy_loss(
     }
     if kl is not None:
         stats["kl"] = masked_mean(kl.detach(), valid)
+    if cfg.top_entropy_quantile < 1.0:
+        stats["high_entropy_frac"] = int(policy_tokens.sum()) / n
 
+    # Each mode's policy term and the penalties it adds (which the entropy selection does not mask).
+    penalty = torch.zeros_like(logp)
     if cfg.mode == "sent":
+        policy_term = surrogate
         cov = centered_covariance(logp, advantages, low)
         high_cov = select_extreme(cov, low, count_of(cfg.high_cov_ratio, k_low), largest=True)
         low_only = low & ~high_cov
-        beta_t = cfg.beta_high * high_cov.to(logp.dtype) + cfg.beta_low * low_only.to(logp.dtype)
-        per_token = surrogate + beta_t * kl
+        penalty = (cfg.beta_high * high_cov.to(logp.dtype) + cfg.beta_low * low_only.to(logp.dtype)) * kl
         stats.update(
             high_cov_frac=int(high_cov.sum()) / n,
             kl_low=masked_mean(kl.detach(), low_only),
             kl_high=masked_mean(kl.detach(), high_cov),
         )
     elif cfg.mode == "sent_code":
+        policy_term = -unclipped
         cov = centered_covariance(logp, advantages, low)
         k = count_of(cfg.kl_cov_ratio, k_low)
         high_cov = select_extreme(cov, low, k, largest=True)
         low_cov = select_extreme(cov, low & ~high_cov, k, largest=False)
-        abs_kl_old = log_ratio.abs()
-        penalty = (2.0 * high_cov.to(logp.dtype) + 0.5 * low_cov.to(logp.dtype)) * cfg.ppo_kl_coef
-        per_token = -unclipped + penalty * abs_kl_old
+        weights = (2.0 * high_cov.to(logp.dtype) + 0.5 * low_cov.to(logp.dtype)) * cfg.ppo_kl_coef
+        penalty = weights * log_ratio.abs()
         stats.update(high_cov_frac=int(high_cov.sum()) / n, low_cov_frac=int(low_cov.sum()) / n)
-    elif cfg.mode == "grpo":
-        per_token = surrogate
     elif cfg.mode == "kl_cov":
+        policy_term = -unclipped
         cov = centered_covariance(logp, advantages, valid)
         high_cov = select_extreme(cov, valid, count_of(cfg.kl_cov_ratio, n), largest=True)
-        per_token = -unclipped + cfg.ppo_kl_coef * high_cov.to(logp.dtype) * log_ratio.abs()
+        penalty = cfg.ppo_kl_coef * high_cov.to(logp.dtype) * log_ratio.abs()
         stats["high_cov_frac"] = int(high_cov.sum()) / n
     elif cfg.mode == "clip_cov":
         cov = centered_covariance(logp, advantages, valid)
@@ -310,18 +323,19 @@ def policy_loss(
         order = torch.randperm(len(candidates), generator=generator, device="cpu").to(candidates.device)
         detached = torch.zeros(logp.numel(), dtype=torch.bool, device=logp.device)
         detached[candidates[order[: count_of(cfg.clip_cov_ratio, n)]]] = True
-        per_token = surrogate.masked_fill(detached.view_as(logp), 0.0)
+        policy_term = surrogate.masked_fill(detached.view_as(logp), 0.0)
         stats["clip_cov_frac"] = int(detached.sum()) / n
-    elif cfg.mode == "entropy_bonus":
-        per_token = surrogate - cfg.entropy_coef * entropy
-    else:  # high_entropy_mask
-        k = count_of(cfg.top_entropy_quantile, n)
-        high_entropy = select_extreme(entropy_detached, valid, k, largest=True)
-        per_token = surrogate * high_entropy.to(logp.dtype)
-        stats["high_entropy_frac"] = int(high_entropy.sum()) / n
+    else:  # grpo, entropy_bonus, high_entropy_mask: the clipped surrogate (their keys do the rest)
+        policy_term = surrogate
 
+    per_token = policy_term * policy_tokens.to(logp.dtype) + penalty
     if cfg.beta > 0:
         per_token = per_token + cfg.beta * kl
-    loss = aggregate(per_token, valid, cfg.aggregation)
+    loss = reduce_tokens(
+        per_token, valid, cfg.loss_type, max_completion_length=max_completion_length, num_tokens=num_tokens
+    )
+    if cfg.entropy_coef > 0:
+        # TRL's bonus: the mean entropy over the tokens the policy term acts on, whatever the loss_type.
+        loss = loss - cfg.entropy_coef * entropy[policy_tokens].mean()
     stats["loss"] = loss.item()
     return loss, stats

@@ -40,8 +40,13 @@ def reference_kl(logp_t, ref_t, estimator):
     return torch.exp(d) - d - 1
 
 
-def reference_loss(logp, old, ref, adv, ent, mask, cfg, detached=frozenset()):
-    """Loss as a float64 scalar built token by token; `logp` is a float64 leaf for the gradient."""
+def reference_loss(logp, old, ref, adv, ent, mask, cfg, detached=frozenset(), num_tokens=None, max_len=None):
+    """Loss as a float64 scalar built token by token; `logp` is a float64 leaf for the gradient.
+
+    TRL's keys as TRL's GRPOTrainer computes them (trl/trainer/grpo_trainer.py, compute_loss): the
+    top_entropy_quantile mask multiplies the policy term, beta adds a k3 KL on every token, the
+    reduction follows loss_type, the entropy bonus is minus entropy_coef x the mean entropy over the
+    policy's tokens whatever the loss_type."""
     positions = valid_positions(mask)
     n = len(positions)
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
@@ -58,9 +63,10 @@ def reference_loss(logp, old, ref, adv, ent, mask, cfg, detached=frozenset()):
     if cfg.mode == "kl_cov":
         cov = covariances(positions, logp.detach(), adv)
         high_cov = highest(positions, lambda p: cov[p], max(1, math.floor(cfg.kl_cov_ratio * n)))
-    if cfg.mode == "high_entropy_mask":
-        k = max(1, math.floor(cfg.top_entropy_quantile * n))
-        high_ent = highest(positions, lambda p: ent[p].item(), k)
+    if cfg.top_entropy_quantile < 1.0:
+        high_ent = highest(positions, lambda p: ent[p].item(), max(1, math.floor(cfg.top_entropy_quantile * n)))
+    else:
+        high_ent = set(positions)
 
     per_token = {}
     for p in positions:
@@ -68,33 +74,37 @@ def reference_loss(logp, old, ref, adv, ent, mask, cfg, detached=frozenset()):
         a = adv[p]
         clipped_surrogate = -torch.minimum(r * a, torch.clamp(r, 1 - eps_low, 1 + eps_high) * a)
         kl = reference_kl(logp[p], ref[p], cfg.kl_estimator) if ref is not None else None
+        keep = 1.0 if p in high_ent else 0.0  # top_entropy_quantile acts on the policy term only
         if cfg.mode == "sent":
             beta_t = cfg.beta_high if p in high_cov else cfg.beta_low if p in low else 0.0
-            loss_t = clipped_surrogate + beta_t * kl
+            loss_t = keep * clipped_surrogate + beta_t * kl
         elif cfg.mode == "sent_code":
             coef = 2.0 if p in high_cov else 0.5 if p in low_cov else 0.0
-            loss_t = -r * a + coef * cfg.ppo_kl_coef * torch.abs(logp[p] - old[p])
-        elif cfg.mode == "grpo":
-            loss_t = clipped_surrogate
+            loss_t = keep * -r * a + coef * cfg.ppo_kl_coef * torch.abs(logp[p] - old[p])
         elif cfg.mode == "kl_cov":
-            loss_t = -r * a + (cfg.ppo_kl_coef * torch.abs(logp[p] - old[p]) if p in high_cov else 0.0)
+            loss_t = keep * -r * a + (cfg.ppo_kl_coef * torch.abs(logp[p] - old[p]) if p in high_cov else 0.0)
         elif cfg.mode == "clip_cov":
-            loss_t = clipped_surrogate * (0.0 if p in detached else 1.0)
-        elif cfg.mode == "entropy_bonus":
-            loss_t = clipped_surrogate - cfg.entropy_coef * ent[p]
-        else:
-            loss_t = clipped_surrogate if p in high_ent else 0.0 * clipped_surrogate
+            loss_t = keep * clipped_surrogate * (0.0 if p in detached else 1.0)
+        else:  # grpo, entropy_bonus, high_entropy_mask
+            loss_t = keep * clipped_surrogate
         if cfg.beta > 0:
             loss_t = loss_t + cfg.beta * kl
         per_token[p] = loss_t
 
-    if cfg.aggregation == "token_mean":
-        return sum(per_token.values()) / n
-    if cfg.aggregation == "seq_mean_token_sum_norm":
-        return sum(per_token.values()) / mask.numel()
-    rows = sorted({b for b, _ in positions})
-    seq_means = [sum(v for (b, _), v in per_token.items() if b == row) / int(mask[row].sum()) for row in rows]
-    return sum(seq_means) / len(seq_means)
+    total = sum(per_token.values())
+    rows = range(mask.shape[0])
+    if cfg.loss_type == "grpo":  # a row without valid tokens counts as a zero
+        loss = sum(sum(v for (b, _), v in per_token.items() if b == row) / max(1, int(mask[row].sum())) for row in rows)
+        loss = loss / mask.shape[0]
+    elif cfg.loss_type == "dr_grpo":
+        loss = total / (mask.shape[0] * (max_len or mask.shape[1]))
+    elif cfg.loss_type == "dapo" and num_tokens is not None:
+        loss = total / num_tokens
+    else:  # bnpo, and dapo over this batch alone
+        loss = total / n
+    if cfg.entropy_coef > 0:
+        loss = loss - cfg.entropy_coef * sum(ent[p] for p in high_ent) / len(high_ent)
+    return loss
 
 
 def random_batch(seed, batch=4, length=12, per_token_adv=False, empty_row=False):
@@ -112,15 +122,16 @@ def random_batch(seed, batch=4, length=12, per_token_adv=False, empty_row=False)
     return logp, old, ref, adv, ent, mask
 
 
-def compare(cfg, seed, per_token_adv=False, empty_row=False, **kwargs):
+def compare(cfg, seed, per_token_adv=False, empty_row=False, num_tokens=None, max_len=None):
     logp, old, ref, adv, ent, mask = random_batch(seed, per_token_adv=per_token_adv, empty_row=empty_row)
     ours_logp = logp.float().requires_grad_()
     loss, stats = policy_loss(
-        ours_logp, old.float(), ref.float(), adv.float(), ent.float(), mask, cfg, **kwargs
-    )
+        ours_logp, old.float(), ref.float(), adv.float(), ent.float(), mask, cfg,
+        num_tokens=num_tokens, max_completion_length=max_len,
+    )  # fmt: skip
     loss.backward()
     ref_logp = logp.clone().requires_grad_()
-    expected = reference_loss(ref_logp, old, ref, adv, ent, mask, cfg)
+    expected = reference_loss(ref_logp, old, ref, adv, ent, mask, cfg, num_tokens=num_tokens, max_len=max_len)
     expected.backward()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
     torch.testing.assert_close(ours_logp.grad.double(), ref_logp.grad, rtol=1e-4, atol=1e-6)
@@ -131,15 +142,15 @@ def compare(cfg, seed, per_token_adv=False, empty_row=False, **kwargs):
 # Each mode against the reference
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo", "grpo", "dr_grpo"])
 @pytest.mark.parametrize(("rho", "kappa"), [(0.8, 0.002), (0.5, 0.25), (1.0, 1.0), (0.3, 0.6)])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_sent_matches_reference(aggregation, rho, kappa, seed):
+def test_sent_matches_reference(loss_type, rho, kappa, seed):
     cfg = LossConfig(
         mode="sent",
         low_entropy_quantile=rho,
         high_cov_ratio=kappa,
-        aggregation=aggregation,
+        loss_type=loss_type,
         beta_low=0.3,
         beta_high=1.2,
     )
@@ -163,18 +174,20 @@ def test_sent_kl_estimators_and_per_token_advantages(estimator):
     "cfg",
     [
         LossConfig(mode="grpo"),
-        LossConfig(mode="grpo", beta=0.1, epsilon_high=0.3, aggregation="seq_mean_token_mean"),
+        LossConfig(mode="grpo", beta=0.1, epsilon_high=0.3, loss_type="grpo"),
         LossConfig(mode="sent_code", kl_cov_ratio=0.2),
-        LossConfig(
-            mode="sent_code", low_entropy_quantile=0.5, kl_cov_ratio=0.7, aggregation="seq_mean_token_mean"
-        ),
+        LossConfig(mode="sent_code", low_entropy_quantile=0.5, kl_cov_ratio=0.7, loss_type="grpo"),
         LossConfig(mode="kl_cov"),
         LossConfig(mode="kl_cov", kl_cov_ratio=0.3, ppo_kl_coef=0.5, beta=0.05),
         LossConfig(mode="entropy_bonus", entropy_coef=0.05),
+        LossConfig(mode="entropy_bonus", entropy_coef=0.05, loss_type="grpo"),
         LossConfig(mode="high_entropy_mask"),
-        LossConfig(mode="high_entropy_mask", top_entropy_quantile=0.5, aggregation="seq_mean_token_sum_norm"),
+        LossConfig(mode="high_entropy_mask", top_entropy_quantile=0.5, loss_type="dr_grpo"),
+        # TRL's keys in any mode: the entropy mask and bonus on sent, the mask on kl_cov.
+        LossConfig(mode="sent", top_entropy_quantile=0.4, entropy_coef=0.02, beta_low=0.3, beta_high=1.2),
+        LossConfig(mode="kl_cov", kl_cov_ratio=0.3, top_entropy_quantile=0.6, loss_type="bnpo"),
     ],
-    ids=lambda c: f"{c.mode}-{c.aggregation}-b{c.beta}",
+    ids=lambda c: f"{c.mode}-{c.loss_type}-b{c.beta}-q{c.top_entropy_quantile}-e{c.entropy_coef}",
 )
 @pytest.mark.parametrize("seed", [0, 5])
 def test_baselines_match_reference(cfg, seed):
@@ -267,7 +280,6 @@ def test_sent_hand_computed_two_by_three():
 # Properties that pin the behaviour
 
 
-
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_logs_the_entropy_of_the_low_entropy_set(mode):
     # Same 2 x 3 batch as above: T_low = the 4 lowest of the 5 valid entropies (0.1 0.3 0.2 0.4), rest = 2.0.
@@ -279,6 +291,7 @@ def test_every_mode_logs_the_entropy_of_the_low_entropy_set(mode):
     assert stats["low_entropy_frac"] == pytest.approx(0.8)
     assert stats["entropy_low_mean"] == pytest.approx(0.25)
     assert stats["entropy_rest_mean"] == pytest.approx(2.0)
+
 
 def test_sent_puts_no_kl_weight_on_high_entropy_tokens():
     logp, old, ref, adv, ent, mask = random_batch(4)
@@ -313,16 +326,12 @@ def test_masked_tokens_get_zero_gradient(mode):
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 def test_kl_terms_vanish_when_reference_equals_policy(estimator):
     logp, old, _, adv, ent, mask = random_batch(8)
-    cfg = LossConfig(
-        mode="sent", high_cov_ratio=0.5, beta_low=0.7, beta_high=3.0, beta=0.2, kl_estimator=estimator
-    )
+    cfg = LossConfig(mode="sent", high_cov_ratio=0.5, beta_low=0.7, beta_high=3.0, beta=0.2, kl_estimator=estimator)
     ours = logp.float().requires_grad_()
     loss, stats = policy_loss(ours, old.float(), logp.float(), adv.float(), ent.float(), mask, cfg)
     loss.backward()
     plain = logp.float().requires_grad_()
-    grpo_loss, _ = policy_loss(
-        plain, old.float(), None, adv.float(), ent.float(), mask, LossConfig(mode="grpo")
-    )
+    grpo_loss, _ = policy_loss(plain, old.float(), None, adv.float(), ent.float(), mask, LossConfig(mode="grpo"))
     grpo_loss.backward()
     assert stats["kl"] == 0 and stats["kl_low"] == 0 and stats["kl_high"] == 0
     assert loss.item() == pytest.approx(grpo_loss.item(), abs=1e-7)
@@ -333,12 +342,8 @@ def test_kl_terms_vanish_when_reference_equals_policy(estimator):
 def test_on_policy_grpo_gradient_is_minus_advantage_over_n():
     logp, _, _, adv, ent, mask = random_batch(9)
     ours = logp.float().requires_grad_()
-    policy_loss(ours, logp.float(), None, adv.float(), ent.float(), mask, LossConfig(mode="grpo"))[
-        0
-    ].backward()
-    expected = torch.where(
-        mask, -adv[:, None].float().expand_as(ours) / int(mask.sum()), torch.zeros_like(ours)
-    )
+    policy_loss(ours, logp.float(), None, adv.float(), ent.float(), mask, LossConfig(mode="grpo"))[0].backward()
+    expected = torch.where(mask, -adv[:, None].float().expand_as(ours) / int(mask.sum()), torch.zeros_like(ours))
     torch.testing.assert_close(ours.grad, expected)
 
 
@@ -361,12 +366,10 @@ def test_bad_input_is_a_clear_value_error():
         policy_loss(logp, old, None, adv, ent, mask, LossConfig(mode="grpo", beta=0.1))
     with pytest.raises(ValueError, match="mode='ppo'"):
         LossConfig(mode="ppo")
-    with pytest.raises(ValueError, match="aggregation"):
-        LossConfig(aggregation="sum")
+    with pytest.raises(ValueError, match="loss_type='cispo' is not supported"):
+        LossConfig(loss_type="cispo")
     with pytest.raises(ValueError, match="low_entropy_quantile"):
         LossConfig(low_entropy_quantile=1.5)
-    with pytest.raises(ValueError, match="did you mean: beta_high"):
-        LossConfig.from_dict({"beta_hgh": 0.1})
 
 
 def test_mode_defaults_follow_the_papers_code():
@@ -377,3 +380,48 @@ def test_mode_defaults_follow_the_papers_code():
     assert LossConfig(mode="sent_code").beta == 0.001
     assert (LossConfig(mode="kl_cov").kl_cov_ratio, LossConfig(mode="kl_cov").ppo_kl_coef) == (0.002, 1.0)
     assert LossConfig().beta == 0.0 and LossConfig().epsilon_high == 0.2
+    # TRL's defaults for TRL's keys, except where a baseline mode is defined by one of them.
+    assert (LossConfig().entropy_coef, LossConfig().top_entropy_quantile, LossConfig().loss_type) == (0.0, 1.0, "dapo")
+    assert LossConfig(mode="entropy_bonus").entropy_coef == 0.001
+    assert LossConfig(mode="high_entropy_mask").top_entropy_quantile == 0.2
+
+
+# ----------------------------------------------------------------------------------------------
+# TRL's loss_type reductions, each against float64 and a hand-computed case
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo", "grpo", "dr_grpo"])
+@pytest.mark.parametrize("mode", ["grpo", "sent"])
+def test_every_loss_type_matches_reference(loss_type, mode):
+    cfg = LossConfig(mode=mode, loss_type=loss_type, high_cov_ratio=0.3, beta_low=0.2, beta_high=0.8)
+    compare(cfg, seed=12, empty_row=True)
+
+
+def test_dapo_normalises_by_the_tokens_of_the_whole_accumulated_batch():
+    cfg = LossConfig(mode="grpo", loss_type="dapo")
+    compare(cfg, seed=13, num_tokens=57.0)
+
+
+def test_dr_grpo_normalises_by_max_completion_length():
+    compare(LossConfig(mode="grpo", loss_type="dr_grpo"), seed=14, max_len=40)
+
+
+def test_loss_types_on_a_hand_computed_case():
+    # On-policy grpo surrogate = -A per valid token. Row 0: A = 1 on 3 tokens; row 1: A = -2 on 1 token.
+    logp = torch.zeros(2, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    advantages = torch.tensor([1.0, -2.0])
+    entropy = torch.ones(2, 4)
+    expected = {
+        "grpo": ((-1 - 1 - 1) / 3 + 2 / 1) / 2,  # per-sequence means -1 and +2, then their mean
+        "bnpo": (-3 + 2) / 4,  # over the 4 valid tokens
+        "dapo": (-3 + 2) / 4,
+        "dr_grpo": (-3 + 2) / (2 * 10),  # 2 sequences x max_completion_length 10
+    }
+    for loss_type, value in expected.items():
+        cfg = LossConfig(mode="grpo", loss_type=loss_type)
+        loss, _ = policy_loss(logp, logp.detach(), None, advantages, entropy, mask, cfg, max_completion_length=10)
+        assert loss.item() == pytest.approx(value), loss_type
+    dapo = LossConfig(mode="grpo", loss_type="dapo")
+    loss, _ = policy_loss(logp, logp.detach(), None, advantages, entropy, mask, dapo, num_tokens=8)
+    assert loss.item() == pytest.approx((-3 + 2) / 8)  # 8 valid tokens across the accumulated batch
