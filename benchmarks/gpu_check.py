@@ -274,15 +274,17 @@ def smoke_run(ctx: Context, backend_sets: list[str]) -> dict[str, Any]:
     import torch
 
     from sete_lite import train  # imports torch and yaml only: Unsloth can still come first
+    from sete_lite.arith import CHECKPOINT, TEST_SPLIT, TRAIN_SPLIT  # paths only
 
     cuda = torch.cuda.is_available()
     run_dir = ctx.workdir / "run"
-    # Absolute data paths: the process runs in a scratch directory (Unsloth writes its compiled cache
-    # into the working directory).
+    # The built-ins as paths: on the GPU machine the repository is on PYTHONPATH, not installed, so
+    # builtin:NAME (an installed package's entry point) does not resolve there.
     sets = [
         *backend_sets,
-        f"dataset_name_or_path={REPO / 'data' / 'arith_train.jsonl'}",
-        f"eval_benchmarks={json.dumps([str(REPO / 'data' / 'arith_test.jsonl')])}",
+        f"model_name_or_path={CHECKPOINT}",
+        f"dataset_name_or_path={TRAIN_SPLIT}",
+        f"eval_benchmarks={json.dumps([str(TEST_SPLIT)])}",
         "load_in_4bit=true",
         # SENTConfig refuses bf16 without CUDA; on a GPU the model loads in bfloat16 (model.resolve_dtype
         # "auto"), so training autocasts to bf16 too, as the GPU presets do (bf16: true).

@@ -18,7 +18,6 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent
-REPO_URL = "https://github.com/OWNER/sete_lite.git"  # the project's git repository, cloned by the notebooks
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,9 @@ def parameters(platform: Platform) -> tuple[str, str]:
         'PRESET = "t4"  # "t4": 16 GB (T4); "24gb": 24 GB or more (L4, A10, RTX 3090/4090, A100)',
         "RESUME = False  # True: continue the run in RUN_DIR from its last checkpoint (after a disconnect)",
         *platform.parameters,
-        f'REPO_URL = "{REPO_URL}"  # cloned when the notebook is not opened from a checkout',
+        '# Where to get sete_lite when this notebook is not opened from a checkout: its git URL (cloned), e.g.',
+        '# "https://github.com/<you>/sete_lite.git", or the path of a checkout. Required then; unused otherwise.',
+        'SETE_LITE_SOURCE = ""',
         f'CLONE_DIR = "{platform.clone_dir}"',
         f'OUTPUT_DEFAULT = "{platform.output_default}"  # SETE_LITE_OUTPUT_DIR in the environment overrides it',
     ]
@@ -158,12 +159,13 @@ INSTALL = [
         """
         ## 1. Install
 
-        The notebook needs a checkout of the repository (the presets in `configs/` and the prompts in `data/`):
-        it uses the one it was opened from, else clones `REPO_URL`. Then it installs torch first (the runtime's
-        CUDA build is kept when it fits the pin `torch>=2.6,<2.15`) and the package with its pinned `gpu` extra
-        (Unsloth and vLLM; transformers, TRL and peft at the versions the project tests). Outside a notebook the
-        same install is `pip install "sete_lite[gpu] @ git+REPO_URL"`. If pip says the runtime must be
-        restarted, restart it and run all cells again: finished steps are skipped.
+        The notebook needs a checkout of the repository (the presets in `configs/`): it uses the one it was
+        opened from, else `SETE_LITE_SOURCE` (set it in the first cell: a git URL to clone or a local path).
+        Then it installs torch first (the runtime's CUDA build is kept when it fits the pin `torch>=2.6,<2.15`)
+        and the package with its pinned `gpu` extra (Unsloth and vLLM; transformers, TRL and peft at the
+        versions the project tests). Outside a notebook the same install is
+        `pip install "sete_lite[gpu] @ git+URL"`. If pip says the runtime must be restarted, restart it and run
+        all cells again: finished steps are skipped.
         """
     ),
     code(
@@ -181,9 +183,17 @@ INSTALL = [
 
         REPO_DIR = find_checkout()
         if REPO_DIR is None:
-            sh("git", "clone", "--depth", "1", REPO_URL, CLONE_DIR)
-            REPO_DIR = Path(CLONE_DIR)
-        os.chdir(REPO_DIR)  # configs/ and data/ are read from here
+            if not SETE_LITE_SOURCE:
+                raise SystemExit(
+                    "This notebook is not inside a sete_lite checkout: set SETE_LITE_SOURCE in the first cell to the "
+                    "project's git URL (it is cloned to CLONE_DIR) or to the path of a checkout, then run all cells."
+                )
+            if Path(SETE_LITE_SOURCE).is_dir():
+                REPO_DIR = Path(SETE_LITE_SOURCE)
+            else:
+                sh("git", "clone", "--depth", "1", SETE_LITE_SOURCE, CLONE_DIR)
+                REPO_DIR = Path(CLONE_DIR)
+        os.chdir(REPO_DIR)  # the presets in configs/ are read from here
         if SMOKE:
             print("smoke mode: nothing to install (sete_lite is installed)")
         elif importlib.util.find_spec("unsloth") and importlib.util.find_spec("sete_lite"):
@@ -251,7 +261,10 @@ PRESET = [
         }
         CONFIG, OVERRIDES = PRESETS["smoke" if SMOKE else PRESET]
         OUTPUT_ROOT = Path(os.environ.get("SETE_LITE_OUTPUT_DIR") or (tempfile.mkdtemp() if SMOKE else OUTPUT_DEFAULT))
+        from sete_lite.rundir import RunDir
+
         RUN_DIR = OUTPUT_ROOT / Path(CONFIG).stem  # the run directory: scores, metrics, plots, adapters, eval
+        RUN = RunDir(RUN_DIR)  # its layout: RUN.se_scores, RUN.metrics, RUN.plots, RUN.evaluation(name), ...
         EXPORT_DTYPE = "float32" if SMOKE else "bfloat16"  # a tiny model's small update could round away in 16 bits
         REFRESH_S = 1 if SMOKE else 30  # seconds between refreshes of the live metrics
         print("run directory:", RUN_DIR)
@@ -301,7 +314,7 @@ TRAIN = [
     ),
     code(
         """
-        SCORES = RUN_DIR / "se_scores"
+        SCORES = RUN.se_scores
         wait_for(SCORES / "stages.md", TRAINING, LOG, REFRESH_S)
         display(Image(str(SCORES / "se_histogram.png")))
         display(Markdown(f"**Curriculum stages**\\n\\n{(SCORES / 'stages.md').read_text()}"))
@@ -332,13 +345,13 @@ TRAIN = [
         WATCH += ["completions/mean_length", "step_time"]
         while True:
             running = TRAINING.poll() is None
-            rows = read_jsonl(RUN_DIR / "metrics.jsonl")
+            rows = read_jsonl(RUN.metrics)
             clear_output(wait=True)
             if running:
                 print(log_tail(LOG))  # the progress bar: step, reward, entropy, kl, stage
             if rows:
                 display(Markdown(markdown_table(rows[-5:], WATCH)))
-                for png in plot_training_curves(rows, RUN_DIR / "plots"):
+                for png in plot_training_curves(rows, RUN.plots):
                     display(Image(str(png)))
             if not running:
                 break
@@ -363,11 +376,11 @@ EVALUATE = [
     ),
     code(
         """
-        EVAL = RUN_DIR / "eval"
-        AFTER = max(EVAL.glob("stage-*"), key=lambda path: int(path.name.split("-")[1]))
-        for label, directory in (("before training", EVAL / "before"), (f"after training ({AFTER.name})", AFTER)):
-            display(Markdown(f"**{label}**\\n\\n{(directory / 'results.md').read_text()}"))
-        before, after = (json.loads((d / "results.json").read_text())["average"] for d in (EVAL / "before", AFTER))
+        EVALUATIONS = RUN.evaluations()  # (name, results.json): before, then stage-0, stage-1, ...
+        (_, BEFORE), (LAST, AFTER) = EVALUATIONS[0], EVALUATIONS[-1]
+        for label, results in (("before training", BEFORE), (f"after training ({LAST})", AFTER)):
+            display(Markdown(f"**{label}**\\n\\n{(results.parent / 'results.md').read_text()}"))
+        before, after = (json.loads(path.read_text())["average"] for path in (BEFORE, AFTER))
         print(f"Avg@n: {before['avg']:.3f} -> {after['avg']:.3f}")
         """
     ),

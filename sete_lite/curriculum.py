@@ -1,9 +1,10 @@
 """The semantic-entropy curriculum: stages by SE, and the sampler that walks them.
 
-This module owns SENT.md section 1, step 5: `stage_indices` sorts prompts by SE (low = the model
-is consistent = easier) and cuts them into equal stages; `CurriculumSampler` yields dataset
-indices stage by stage, `epochs_per_stage` epochs each, shuffled within a stage, and can save and
-restore its position with a checkpoint.
+This module owns the curriculum (docs/method.md#curriculum, step 5) and its config keys
+(`CurriculumConfig`): `stage_indices` sorts prompts by SE (low = the model is consistent = easier)
+and cuts them into equal stages; `CurriculumSampler` yields dataset indices stage by stage,
+`epochs_per_stage` epochs each, shuffled within a stage. Its `state_dict` (what defines the order)
+is saved with every checkpoint, and a resume that would walk another curriculum is refused.
 
 It yields indices in the layout of TRL's `RepeatSampler` (the sampler of GRPOTrainer's
 dataloader): chunks of `batch_size` prompts, each chunk `repeat_count` times, each index
@@ -18,10 +19,27 @@ import bisect
 import itertools
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
+
+
+@dataclass
+class CurriculumConfig:
+    """Whether and how to train stage by stage (with it, epochs_per_stage replaces num_train_epochs)."""
+
+    curriculum: bool = True  # false: TRL's shuffled sampler over all prompts, num_train_epochs epochs
+    num_stages: int = 2
+    epochs_per_stage: int = 5
+    shuffle_within_stage: bool = True  # false keeps strict ascending-SE order
+
+    def __post_init__(self) -> None:
+        if self.num_stages < 1 or self.epochs_per_stage < 1:
+            raise ValueError(
+                f"num_stages and epochs_per_stage must be at least 1, got {self.num_stages}, {self.epochs_per_stage}"
+            )
 
 
 def stage_indices(scores: Sequence[float], num_stages: int) -> list[list[int]]:
@@ -50,9 +68,8 @@ class CurriculumSampler(Sampler[int]):
     `batch_size` is completed with prompts from the start of the same epoch's order (TRL drops the
     remainder instead, which with `shuffle=False` would skip the same hardest prompts every epoch).
 
-    `position` counts the indices handed out; `state_dict`/`load_state_dict` save and restore it.
-    Note that a dataloader may fetch a batch ahead of training: to resume at a training step,
-    `load_state_dict({"position": step * indices_per_step, ...})` or `seek(...)`.
+    Iteration is stateless (every pass is the whole curriculum): a resumed run skips the batches it
+    already trained on, as transformers' Trainer does for any sampler.
     """
 
     def __init__(
@@ -83,7 +100,6 @@ class CurriculumSampler(Sampler[int]):
         self.mini_repeat_count = mini_repeat_count
         self.batch_size = batch_size
         self.repeat_count = repeat_count
-        self.position = 0
         # Indices yielded by one epoch of each stage, and where each stage starts.
         self.epoch_lengths = [
             math.ceil(len(stage) / batch_size) * batch_size * repeat_count * mini_repeat_count for stage in self.stages
@@ -91,11 +107,6 @@ class CurriculumSampler(Sampler[int]):
         self.stage_starts = list(
             itertools.accumulate([n * epochs_per_stage for n in self.epoch_lengths[:-1]], initial=0)
         )
-
-    @classmethod
-    def from_scores(cls, scores: Sequence[float], num_stages: int, **kwargs: Any) -> CurriculumSampler:
-        """The sampler over `stage_indices(scores, num_stages)`."""
-        return cls(stage_indices(scores, num_stages), **kwargs)
 
     def __len__(self) -> int:
         return sum(n * self.epochs_per_stage for n in self.epoch_lengths)
@@ -126,26 +137,13 @@ class CurriculumSampler(Sampler[int]):
         return indices
 
     def __iter__(self) -> Iterator[int]:
-        """The curriculum from `position` on; after the last index it starts over at 0."""
-        while self.position < len(self):
-            stage = self.stage_at(self.position)
-            offset = self.position - self.stage_starts[stage]
-            epoch, within = divmod(offset, self.epoch_lengths[stage])
-            for index in self._epoch_indices(stage, epoch)[within:]:
-                self.position += 1
-                yield index
-        self.position = 0
-
-    def seek(self, position: int) -> None:
-        """Continue from `position` (in yielded indices) on the next iteration."""
-        if not 0 <= position <= len(self):
-            raise ValueError(f"position {position} outside the curriculum (length {len(self)})")
-        self.position = position
+        for stage in range(len(self.stages)):
+            for epoch in range(self.epochs_per_stage):
+                yield from self._epoch_indices(stage, epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        """The position plus what defines the order, so a checkpoint never resumes another curriculum."""
+        """What defines the order: saved with each checkpoint, compared on resume."""
         return {
-            "position": self.position,
             "stages": self.stages,
             "epochs_per_stage": self.epochs_per_stage,
             "shuffle": self.shuffle,
@@ -153,12 +151,13 @@ class CurriculumSampler(Sampler[int]):
             "layout": [self.mini_repeat_count, self.batch_size, self.repeat_count],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def check_resumable(self, saved: dict[str, Any]) -> None:
+        """Refuse to resume from a checkpoint saved by another curriculum (`saved`: its state_dict)."""
         mine = self.state_dict()
-        different = [key for key in mine if key != "position" and state.get(key) != mine[key]]
+        different = [key for key in mine if saved.get(key) != mine[key]]
         if different:
             raise ValueError(
-                f"checkpoint was saved by a different curriculum (differs in {different}); "
-                "resume with the same scores, num_stages, epochs_per_stage, shuffle, seed and batch layout"
+                f"the checkpoint was saved by a different curriculum (it differs in {different}); resume with "
+                "the same scores, num_stages, epochs_per_stage, shuffle_within_stage, seed and batch layout, "
+                "or start a new run in another output directory"
             )
-        self.seek(state["position"])

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sete_lite.builtins import resolve_builtin
 from sete_lite.semantic import extract_answer
 
-# The paper's evaluation prompt (SENT.md section 4), also used for training and SE scoring.
+# The paper's evaluation prompt (docs/method.md, section 5), also used for training and SE scoring.
 DEFAULT_PROMPT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 QUESTION_FORMATS = ("plain", "dapo")
@@ -36,7 +37,7 @@ DAPO_WRAPPER = re.compile(
 class DataConfig:
     """Which dataset, which columns, and how a question becomes a prompt."""
 
-    dataset_name_or_path: str = "data/champ_math.jsonl"
+    dataset_name_or_path: str = "builtin:arith-train"  # or a hub dataset, or a local jsonl / json / parquet
     dataset_config: str | None = None  # hub datasets with several configs (GSM8K: "main")
     dataset_split: str = "train"
     question_column: str = "question"
@@ -85,7 +86,7 @@ def gold_answer(solution: str) -> str:
 def _load_rows(cfg: DataConfig) -> list[dict]:
     import datasets  # slow to import; only needed here
 
-    path = Path(cfg.dataset_name_or_path)
+    path = Path(resolve_builtin(cfg.dataset_name_or_path))
     if path.suffix in LOCAL_FORMATS:
         if not path.is_file():
             raise FileNotFoundError(f"dataset file '{path}' does not exist")

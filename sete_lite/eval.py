@@ -1,6 +1,6 @@
 """`python -m sete_lite.eval`: Pass@k and Avg@k of a model (optionally with a LoRA adapter) on math benchmarks.
 
-This module owns evaluation as the paper reports it (SENT.md section 4): n samples per problem
+This module owns evaluation as the paper reports it (docs/method.md, section 5): n samples per problem
 with the paper's prompt at temperature 1.0, top_p 0.9; each sample's final answer is graded against
 the gold answer with math-verify (`sete_lite.semantic.grade_answers`), and per benchmark
 
@@ -38,9 +38,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sete_lite.atomic import write_text
+from sete_lite.atomic import write_jsonl, write_text
+from sete_lite.builtins import resolve_builtin
 from sete_lite.data import DEFAULT_PROMPT_TEMPLATE, LOCAL_FORMATS, DataConfig, apply_chat_template, load_records
-from sete_lite.rollout import ENGINES, RolloutEngine, SamplingConfig, check_context, context_limit
+from sete_lite.rollout import RolloutEngine, SamplingConfig, check_context, context_limit
 from sete_lite.semantic import DEFAULT_TIMEOUT_S, extract_answer, grade_answers
 
 
@@ -81,8 +82,8 @@ PAPER_BENCHMARKS = ["AIME24", "AIME25", "AMC23", "MATH500", "OlympiadBench", "Mi
 
 @dataclass
 class EvalConfig:
-    """The evaluation. Keys carry an `eval_` prefix so that a training config can hold them too;
-    `seed` and `rollout_engine` are shared with the other config classes."""
+    """The evaluation. Keys carry an `eval_` prefix so that a training config can hold them too
+    (seed, rollout_engine and answer_timeout_s: SharedConfig)."""
 
     eval_benchmarks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))  # names or local files
     eval_num_samples: int = 16  # n samples per problem
@@ -99,9 +100,6 @@ class EvalConfig:
     eval_system_prompt: str | None = None
     eval_output_dir: str = "runs/eval"
     eval_save_texts: bool = True  # each sample's text in samples.jsonl (~30 KB a sample at 8k tokens)
-    seed: int = 0
-    rollout_engine: str = "auto"  # auto: vLLM when available (Unsloth's, else plain on a GPU), else transformers
-    answer_timeout_s: float = DEFAULT_TIMEOUT_S  # per answer parse / comparison
 
     def __post_init__(self) -> None:
         if isinstance(self.eval_benchmarks, str):
@@ -123,8 +121,6 @@ class EvalConfig:
             )
         if self.eval_max_problems is not None and self.eval_max_problems < 1:
             raise ValueError(f"eval_max_problems must be positive, got {self.eval_max_problems}")
-        if self.rollout_engine not in ("auto", *ENGINES):
-            raise ValueError(f"rollout_engine must be 'auto' or one of {ENGINES}, got '{self.rollout_engine}'")
         for name in self.eval_benchmarks:
             benchmark_source(name)  # unknown names fail here, before any model is loaded
 
@@ -178,7 +174,7 @@ def average_scores(per_benchmark: dict[str, dict[str, Any]], k_values: list[int]
 
 
 def is_local_file(name: str) -> bool:
-    return Path(name).suffix in LOCAL_FORMATS
+    return Path(resolve_builtin(name)).suffix in LOCAL_FORMATS
 
 
 def benchmark_source(name: str) -> Benchmark | Path:
@@ -186,9 +182,10 @@ def benchmark_source(name: str) -> Benchmark | Path:
     if name in BENCHMARKS:
         return BENCHMARKS[name]
     if is_local_file(name):
-        if not Path(name).is_file():
+        path = Path(resolve_builtin(name))
+        if not path.is_file():
             raise FileNotFoundError(f"benchmark file '{name}' does not exist")
-        return Path(name)
+        return path
     known = {key.lower(): key for key in BENCHMARKS}
     hint = f" (did you mean {known[name.lower()]}?)" if name.lower() in known else ""
     raise ValueError(
@@ -199,7 +196,7 @@ def benchmark_source(name: str) -> Benchmark | Path:
 
 def benchmark_label(name: str) -> str:
     """How a benchmark is named in the results: its registry name, or the file's stem."""
-    return Path(name).stem if is_local_file(name) else name
+    return Path(resolve_builtin(name)).stem if is_local_file(name) else name
 
 
 def gold_from_list(text: str) -> str:
@@ -268,6 +265,8 @@ def evaluate(
     benchmarks: dict[str, list[dict]],
     cfg: EvalConfig,
     *,
+    seed: int,
+    answer_timeout_s: float = DEFAULT_TIMEOUT_S,
     use_adapter: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -292,13 +291,13 @@ def evaluate(
             correct: list[list[bool]] = []
             for start in range(0, len(records), cfg.eval_batch_size):
                 batch = records[start : start + cfg.eval_batch_size]
-                sampling = cfg.sampling(cfg.seed + offset)
+                sampling = cfg.sampling(seed + offset)
                 outputs = engine.generate([r["prompt"] for r in batch], n, sampling, use_adapter=use_adapter)
                 for record, completions in zip(batch, outputs, strict=True):
                     if len(completions) != n:
                         raise RuntimeError(f"the engine returned {len(completions)} completions, expected {n}")
                     answers = [extract_answer(c.text) for c in completions]
-                    verdicts = grade_answers(record["answer"], answers, timeout_s=cfg.answer_timeout_s)
+                    verdicts = grade_answers(record["answer"], answers, timeout_s=answer_timeout_s)
                     correct.append(verdicts)
                     samples.extend(
                         {
@@ -350,7 +349,7 @@ def write_results(results: dict[str, Any], cfg: EvalConfig, output_dir: Path, me
         **meta,
     }
     table = format_table(results, cfg.eval_k, cfg.eval_num_samples)
-    write_text(output_dir / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in results["samples"]))
+    write_jsonl(output_dir / "samples.jsonl", results["samples"])
     write_text(output_dir / "results.md", table)
     write_text(output_dir / "results.json", json.dumps(summary, indent=2) + "\n")
     return table
@@ -362,12 +361,22 @@ def evaluate_and_write(
     cfg: EvalConfig,
     output_dir: str | Path,
     *,
+    seed: int,
+    answer_timeout_s: float = DEFAULT_TIMEOUT_S,
     use_adapter: bool = True,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """`evaluate`, then the three result files in `output_dir` (e.g. a run's eval/stage-K)."""
-    results = evaluate(engine, benchmarks, cfg, use_adapter=use_adapter, progress=progress)
+    results = evaluate(
+        engine,
+        benchmarks,
+        cfg,
+        seed=seed,
+        answer_timeout_s=answer_timeout_s,
+        use_adapter=use_adapter,
+        progress=progress,
+    )
     write_results(results, cfg, Path(output_dir), {"use_adapter": use_adapter, **(meta or {})})
     return results
 
@@ -403,19 +412,12 @@ def adapter_model_config(model_cfg: Any, adapter: str | None, model: str | None)
     return dataclasses.replace(model_cfg, **changes)
 
 
-def pick_engine(name: str, model: Any, tokenizer: Any, model_cfg: Any, *, seed: int = 0) -> RolloutEngine:
-    """The fastest engine here for "auto": Unsloth's vLLM when the policy has one, else plain vLLM on
-    a GPU when installed, else transformers generate."""
-    import importlib.util
+def config_classes() -> list[type]:
+    """What the eval command reads: shared, model and evaluation keys."""
+    from sete_lite.config import SharedConfig
+    from sete_lite.model import ModelConfig
 
-    import torch
-
-    from sete_lite.rollout import make_engine
-
-    if name == "auto" and getattr(model, "vllm_engine", None) is None:
-        has_vllm = torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
-        name = "vllm" if has_vllm else "transformers"
-    return make_engine(name, model, tokenizer, model_cfg, seed=seed)
+    return [SharedConfig, ModelConfig, EvalConfig]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -423,7 +425,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m sete_lite.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, help="flat YAML config (model keys and eval_ keys)")
-    parser.add_argument("--model", help="base model: hub name, local directory or builtin:tiny-qwen2")
+    parser.add_argument("--model", help="base model: hub name, local directory or builtin:arith-qwen2")
     parser.add_argument("--adapter", help="LoRA adapter directory (default: none, the base model)")
     parser.add_argument("--benchmarks", nargs="+", help=f"names ({', '.join(BENCHMARKS)}) or jsonl/parquet files")
     parser.add_argument("--n", type=int, help="samples per problem (default 16)")
@@ -436,7 +438,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sete_lite.config import parse_config, read_values
-    from sete_lite.model import ModelConfig, import_unsloth_first, load_policy
+    from sete_lite.model import import_unsloth_first, load_policy
+    from sete_lite.rollout import make_engine
 
     args = parse_args(argv)
     flags = {
@@ -448,21 +451,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None] + args.set
     import_unsloth_first(read_values(args.config, overrides))  # Unsloth patches transformers: before it loads
-    model_cfg, cfg = parse_config([ModelConfig, EvalConfig], args.config, overrides)
+    shared, model_cfg, cfg = parse_config(config_classes(), args.config, overrides)
     model_cfg = adapter_model_config(model_cfg, args.adapter, args.model)
-    model_cfg = dataclasses.replace(model_cfg, gradient_checkpointing=False)  # no training here
 
     benchmarks = load_benchmarks(cfg)  # before the model: bad data fails in seconds
-    model, tokenizer = load_policy(model_cfg)
+    model, tokenizer = load_policy(model_cfg, seed=shared.seed)
     benchmarks = benchmark_prompts(benchmarks, tokenizer, cfg)
-    engine = pick_engine(cfg.rollout_engine, model, tokenizer, model_cfg, seed=cfg.seed)
+    engine = make_engine(shared.rollout_engine, model, tokenizer, model_cfg, seed=shared.seed)
     prompts = [r["prompt"] for rs in benchmarks.values() for r in rs]
     check_context(tokenizer, prompts, cfg.eval_max_tokens, context_limit(model, engine), "eval_max_tokens")
     # Without an adapter, load_policy's fresh LoRA is switched off: exactly the base model.
     use_adapter = model_cfg.adapter_path is not None
     meta = {"model": model_cfg.model_name_or_path, "adapter": model_cfg.adapter_path, "engine": type(engine).__name__}
     output_dir = Path(cfg.eval_output_dir)
-    results = evaluate_and_write(engine, benchmarks, cfg, output_dir, use_adapter=use_adapter, meta=meta)
+    results = evaluate_and_write(
+        engine,
+        benchmarks,
+        cfg,
+        output_dir,
+        seed=shared.seed,
+        answer_timeout_s=shared.answer_timeout_s,
+        use_adapter=use_adapter,
+        meta=meta,
+    )
     print(format_table(results, cfg.eval_k, cfg.eval_num_samples))
     print(f"wrote {output_dir / 'results.json'}, results.md and samples.jsonl ({len(results['samples'])} samples)")
     return results

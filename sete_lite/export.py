@@ -1,7 +1,8 @@
 """`python -m sete_lite.export`: a trained LoRA adapter as files other tools load.
 
-This module owns exporting (Unsloth's save methods, ANCHORS.md), with the checks that Unsloth
-users miss when a "merged" export silently does not merge or comes out as garbage (user pain 7):
+This module owns exporting (the formats of Unsloth's save methods), with the checks that Unsloth
+users miss when a "merged" export silently does not merge or comes out as garbage
+(https://github.com/unslothai/unsloth/issues/611, https://github.com/unslothai/unsloth/issues/2339):
 
 - `lora`: the adapter alone (adapter_config.json + adapter_model.safetensors + tokenizer).
 - `merged_16bit`: the base loaded in 16-bit (never 4-bit: merging into quantized weights rounds
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from sete_lite.atomic import replace_dir
+from sete_lite.rundir import RunDir
 
 METHODS = ("lora", "merged_16bit", "gguf")
 EXPORT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -54,9 +56,8 @@ def resolve_adapter(run_dir: str | Path | None, adapter: str | Path | None, stag
     if run_dir is not None:
         if not Path(run_dir).is_dir():
             raise FileNotFoundError(f"run directory '{run_dir}' does not exist")
-        path = Path(run_dir) / "adapter"
-        if stage is not None:
-            path = path / f"stage-{stage}"
+        layout = RunDir(Path(run_dir))
+        path = layout.adapter if stage is None else layout.stage_adapter(stage)
         hint = "has the run finished? (python -m sete_lite.train writes adapter/ at the end and adapter/stage-K)"
     else:
         path = Path(adapter)
@@ -69,8 +70,8 @@ def resolve_adapter(run_dir: str | Path | None, adapter: str | Path | None, stag
 def resolve_base(adapter_dir: Path, base: str | None) -> str:
     """The base model: `base`, else the one the adapter records (see model.adapter_base_model); built-in
     names resolved."""
+    from sete_lite.builtins import resolve_builtin
     from sete_lite.model import adapter_base_model, check_model_source
-    from sete_lite.tiny import resolve_builtin
 
     name = base or adapter_base_model(adapter_dir)
     if not name:
@@ -84,8 +85,9 @@ def check_method(method: str, dtype: str) -> None:
     if method in ("merged_4bit", "merged_4bit_forced"):
         raise ValueError(
             f"method '{method}' is not offered: merging a LoRA adapter into 4-bit weights re-quantizes the "
-            "sum and rounds most of the adapter away (unsloth 611, 2339). Use --method merged_16bit (the base "
-            "is loaded in 16-bit), then quantize the merged model if you need 4-bit weights"
+            "sum and rounds most of the adapter away (github.com/unslothai/unsloth/issues/611, /2339). Use "
+            "--method merged_16bit (the base is loaded in 16-bit), then quantize the merged model if you need "
+            "4-bit weights"
         )
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got '{method}'")

@@ -10,7 +10,7 @@ the only trainable weights. Two backends:
 - "auto": unsloth when a CUDA GPU and the unsloth package are present, else transformers.
 
 The reference policy of the KL terms is the same model with its adapters switched off
-(`reference_logprobs`): no second copy of the weights.
+(`model.disable_adapter()`, used by the trainer): no second copy of the weights.
 """
 
 from __future__ import annotations
@@ -51,9 +51,7 @@ class ModelConfig:
     fast_inference: bool = True  # unsloth: start vLLM on the shared weights
     gpu_memory_utilization: float = 0.6  # unsloth/vLLM: fraction of GPU memory vLLM may take
     vllm_standby: bool = False  # unsloth: UNSLOTH_VLLM_STANDBY=1, KV cache freed during training
-    gradient_checkpointing: bool = True
     trust_remote_code: bool = False
-    seed: int = 0  # LoRA initialisation
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -175,14 +173,15 @@ def check_4bit_possible() -> None:
         raise RuntimeError("load_in_4bit needs bitsandbytes: pip install bitsandbytes, or set load_in_4bit: false")
 
 
-def load_policy(cfg: ModelConfig) -> tuple[Any, Any]:
+def load_policy(cfg: ModelConfig, *, seed: int = 0, gradient_checkpointing: bool = False) -> tuple[Any, Any]:
     """Load the base model with LoRA adapters (fresh, or resumed from `cfg.adapter_path`).
 
-    Returns `(model, tokenizer)`; only the adapter weights require grad. The tokenizer pads on the
-    left (generation) and always has a pad token.
+    `seed` initialises the fresh adapters; `gradient_checkpointing` (the training config's key) turns
+    activation recomputation on for training. Returns `(model, tokenizer)`; only the adapter weights
+    require grad. The tokenizer pads on the left (generation) and always has a pad token.
     """
     backend = resolve_backend(cfg)  # first: unsloth must be imported before transformers is used
-    from sete_lite.tiny import resolve_builtin
+    from sete_lite.builtins import resolve_builtin
 
     cfg = dataclasses.replace(cfg, model_name_or_path=resolve_builtin(cfg.model_name_or_path))
     check_model_source(cfg.model_name_or_path)
@@ -191,9 +190,9 @@ def load_policy(cfg: ModelConfig) -> tuple[Any, Any]:
     if cfg.load_in_4bit:
         check_4bit_possible()
     if backend == "unsloth":
-        model, tokenizer = _load_unsloth(cfg)
+        model, tokenizer = _load_unsloth(cfg, seed, gradient_checkpointing)
     else:
-        model, tokenizer = _load_transformers(cfg)
+        model, tokenizer = _load_transformers(cfg, seed, gradient_checkpointing)
     if cfg.adapter_path is not None:
         load_adapter_weights(model, cfg.adapter_path)
     tokenizer.padding_side = "left"
@@ -202,7 +201,7 @@ def load_policy(cfg: ModelConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _load_transformers(cfg: ModelConfig) -> tuple[Any, Any]:
+def _load_transformers(cfg: ModelConfig, seed: int, gradient_checkpointing: bool) -> tuple[Any, Any]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -226,10 +225,10 @@ def _load_transformers(cfg: ModelConfig) -> tuple[Any, Any]:
         disable_cpu_4bit_repacking(model)
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    elif cfg.gradient_checkpointing:
+    elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = LoraConfig(
         r=cfg.lora_r,
@@ -239,7 +238,7 @@ def _load_transformers(cfg: ModelConfig) -> tuple[Any, Any]:
         task_type="CAUSAL_LM",
     )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)  # reproducible lora_A init without touching the caller's RNG
+        torch.manual_seed(seed)  # reproducible lora_A init without touching the caller's RNG
         model = get_peft_model(model, lora)
     return model, tokenizer
 
@@ -261,7 +260,7 @@ def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
     return count
 
 
-def _load_unsloth(cfg: ModelConfig) -> tuple[Any, Any]:
+def _load_unsloth(cfg: ModelConfig, seed: int, gradient_checkpointing: bool) -> tuple[Any, Any]:
     import_unsloth(cfg.vllm_standby)
     from unsloth import FastLanguageModel
 
@@ -282,8 +281,8 @@ def _load_unsloth(cfg: ModelConfig) -> tuple[Any, Any]:
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.lora_target_modules),
-        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
-        random_state=cfg.seed,
+        use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+        random_state=seed,
     )
     if dtype == torch.float32:
         # Unsloth's trainer keeps float32 training only for a model marked as asked for in float32,
@@ -310,19 +309,3 @@ def load_adapter_weights(model: Any, adapter_path: str) -> None:
             f"(unexpected: {result.unexpected_keys[:3]}, missing: {missing_lora[:3]}); "
             "check lora_target_modules against the saved adapter_config.json"
         )
-
-
-@torch.no_grad()
-def reference_logprobs(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """Per-token log-probs of `input_ids[:, 1:]` under the reference policy (adapters off).
-
-    Returns (batch, length - 1) float32: entry t is log pi_ref(input_ids[t + 1] | input_ids[:t + 1])
-    under log_softmax(logits / temperature). The reference is the same model inside
-    `disable_adapter()`, so it costs no second copy of the weights.
-    """
-    with model.disable_adapter():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    logprobs = torch.log_softmax(logits / temperature, dim=-1)
-    return logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)

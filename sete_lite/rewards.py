@@ -3,18 +3,20 @@
 A reward function is `f(prompts, completions, completion_ids, **kwargs) -> list[float | None]`,
 where kwargs holds every dataset column but `prompt` (so `answer`, the gold final answer, arrives
 as a list aligned with the completions). Built in:
-- accuracy: 1.0 when the completion's final answer is math-equivalent to the gold answer (math-verify).
+- accuracy: 1.0 when the completion's final answer is math-equivalent to the gold answer (math-verify,
+  each parse or comparison bounded by the run's answer_timeout_s).
 - format: 1.0 when the completion ends its reasoning with a complete `\\boxed{...}` answer.
 Any other function is named by import path, `package.module:function` or `package.module.function`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sete_lite.semantic import BOX_OPEN, extract_answer, grade_answers
+from sete_lite.semantic import BOX_OPEN, DEFAULT_TIMEOUT_S, extract_answer, grade_answers
 
 RewardFunction = Callable[..., list]
 
@@ -26,7 +28,14 @@ def completion_text(completion: Any) -> str:
     return "".join(message.get("content", "") for message in completion)
 
 
-def accuracy_reward(prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any) -> list:
+def accuracy_reward(
+    prompts: list,
+    completions: list,
+    completion_ids: list | None = None,
+    *,
+    answer_timeout_s: float = DEFAULT_TIMEOUT_S,
+    **kwargs: Any,
+) -> list:
     """1.0 if the final answer is math-equivalent to the dataset's `answer`, else 0.0."""
     if "answer" not in kwargs:
         raise ValueError(
@@ -39,7 +48,7 @@ def accuracy_reward(prompts: list, completions: list, completion_ids: list | Non
     for i, gold in enumerate(kwargs["answer"]):
         groups.setdefault(str(gold), []).append(i)
     for gold, members in groups.items():
-        verdicts = grade_answers(gold, [answers[i] for i in members])
+        verdicts = grade_answers(gold, [answers[i] for i in members], timeout_s=answer_timeout_s)
         for i, correct in zip(members, verdicts, strict=True):
             rewards[i] = float(correct)
     return rewards
@@ -72,8 +81,14 @@ def import_function(path: str) -> RewardFunction:
     return function
 
 
-def resolve_reward_functions(names: Sequence[str]) -> list[RewardFunction]:
-    """Reward functions by registry name or import path, in order."""
+def resolve_reward_functions(
+    names: Sequence[str], *, answer_timeout_s: float = DEFAULT_TIMEOUT_S
+) -> list[RewardFunction]:
+    """Reward functions by registry name or import path, in order; the built-in accuracy reward with
+    the run's answer_timeout_s (keeping its name, which TRL logs as rewards/<name>/mean)."""
     if not names:
         raise ValueError("reward_funcs is empty: name at least one reward, e.g. [accuracy]")
-    return [REWARD_FUNCTIONS[name] if name in REWARD_FUNCTIONS else import_function(name) for name in names]
+    functions = [REWARD_FUNCTIONS[name] if name in REWARD_FUNCTIONS else import_function(name) for name in names]
+    timed = functools.partial(accuracy_reward, answer_timeout_s=answer_timeout_s)
+    functools.update_wrapper(timed, accuracy_reward)  # TRL logs rewards/<__name__>/mean
+    return [timed if f is accuracy_reward else f for f in functions]

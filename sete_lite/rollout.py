@@ -342,7 +342,8 @@ class UnslothVLLMEngine(_VLLMEngineBase):
     def lora_request(self) -> Any:
         # load_tensors=True builds the request from the live lora_A/lora_B tensors (Unsloth writes
         # only adapter_config.json to the directory), under a new id, so vLLM uses this step's
-        # weights. Passing no request would silently sample the base model (unsloth 2009, 3802).
+        # weights. Passing no request would silently sample the base model
+        # (github.com/unslothai/unsloth/issues/2009, /3802).
         return self.model.load_lora(self._config_dir.name, load_tensors=True)
 
     def sleep(self) -> None:
@@ -359,9 +360,10 @@ class VLLMEngine(_VLLMEngineBase):
     It holds its own copy of the base weights (loaded from `model_name_or_path`), never touched
     after start-up: the policy reaches it only as a LoRA adapter, saved to a temporary directory
     at every call and passed as a LoRARequest with a new id. This avoids the merge/load_weights
-    sync that breaks with a 4-bit base (trl 3654, 4973). With a 4-bit policy, vLLM's copy is the
-    full-precision checkpoint unless `quantization="bitsandbytes"` is passed (an `llm_kwargs`):
-    then both sample from NF4 weights and the sampling/recompute log-prob gap stays small.
+    sync that breaks with a 4-bit base (github.com/huggingface/trl/issues/3654, /4973). With a 4-bit
+    policy, vLLM's copy is the full-precision checkpoint unless `quantization="bitsandbytes"` is
+    passed (an `llm_kwargs`; make_engine does): then both sample from NF4 weights and the
+    sampling/recompute log-prob gap stays small.
     """
 
     def __init__(
@@ -460,19 +462,31 @@ def check_context(tokenizer: Any, prompts: list[str], max_new_tokens: int, limit
         )
 
 
+def resolve_auto_engine(model: Any) -> str:
+    """What "auto" means: see make_engine."""
+    import importlib.util
+
+    if getattr(model, "vllm_engine", None) is not None:
+        return "unsloth"
+    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+        return "vllm"
+    return "transformers"
+
+
 def make_engine(
     name: str, model: Any, tokenizer: Any, model_cfg: ModelConfig | None = None, *, seed: int = 0
 ) -> RolloutEngine:
-    """The rollout engine named by a config switch ("auto" | "transformers" | "vllm" | "unsloth"),
-    the one place engines are built. A separate vLLM (`vllm`) takes its settings from `model_cfg`:
-    the checkpoint, context length (`max_seq_length`), memory share, dtype and LoRA rank, and NF4
-    weights (`quantization="bitsandbytes"`) when the policy is 4-bit, so both sample the same model.
+    """The rollout engine named by the `rollout_engine` key, the one place engines are built.
 
-    "auto" is Unsloth's shared-weight vLLM when the policy carries one (backend unsloth with
-    fast_inference), else transformers generate.
+    "auto" is the fastest engine available: Unsloth's shared-weight vLLM when the policy carries one
+    (backend unsloth with fast_inference), else a separate vLLM on a CUDA GPU where vllm is
+    installed, else transformers generate. A separate vLLM (`vllm`) takes its settings from
+    `model_cfg`: the checkpoint, context length (`max_seq_length`), memory share, dtype and LoRA rank,
+    and NF4 weights (`quantization="bitsandbytes"`) when the policy is 4-bit, so both sample the
+    same model.
     """
     if name == "auto":
-        name = "unsloth" if getattr(model, "vllm_engine", None) is not None else "transformers"
+        name = resolve_auto_engine(model)
     if name == "transformers":
         return TransformersEngine(model, tokenizer)
     if name == "unsloth":
@@ -481,7 +495,7 @@ def make_engine(
         raise ValueError(f"rollout engine must be 'auto' or one of {ENGINES}, got '{name}'")
     if model_cfg is None:
         raise ValueError("rollout_engine 'vllm' is built from the model config: pass model_cfg")
-    from sete_lite.tiny import resolve_builtin
+    from sete_lite.builtins import resolve_builtin
 
     extra = {"quantization": "bitsandbytes"} if model_cfg.load_in_4bit else {}
     return VLLMEngine(

@@ -1,11 +1,13 @@
-"""The run directory: what a training run writes, and the callbacks that write it as training goes.
+"""The run directory: its layout (`RunDir`, the one place that names its files), and the callbacks
+that write it as training goes.
 
 - `metrics.jsonl` and `rollouts.jsonl`: one synced line per logged step / per generation batch;
   a resumed run first drops the lines its killed predecessor wrote after the checkpoint.
-- `checkpoint-N/`: TRL/transformers checkpoints, each marked complete once fully written, so a
-  half-written checkpoint is never resumed from.
+- `se_scores/`: the semantic-entropy cache, histogram and stage table.
+- `checkpoint-N/`: TRL/transformers checkpoints, each with the curriculum it walks and marked
+  complete once fully written, so a half-written checkpoint is never resumed from.
 - `adapter/` (and `adapter/stage-K/` at each curriculum stage end): saved to a temporary sibling,
-  then swapped in.
+  then swapped in; `eval/before/`, `eval/stage-K/`: held-out evaluations; `plots/`.
 Plus the one progress bar of a run, with reward, entropy, KL and the curriculum stage.
 """
 
@@ -14,31 +16,82 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from sete_lite.atomic import append_jsonl, read_jsonl, replace_dir, write_text
+from sete_lite.atomic import append_jsonl, read_jsonl, replace_dir, write_jsonl, write_text
 from sete_lite.model import ADAPTER_BASE_FILE
 
 CHECKPOINT_DONE = "sete_checkpoint_complete"
+CHECKPOINT_CURRICULUM = "curriculum.json"  # the sampler's state_dict: what order the run walks
 
 
-def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint-N directory whose save finished (half-written ones are ignored)."""
-    done = [p for p in output_dir.glob("checkpoint-*") if (p / CHECKPOINT_DONE).exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+@dataclass(frozen=True)
+class RunDir:
+    """Where a training run keeps what it writes: every reader and writer goes through these names."""
+
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def rollouts(self) -> Path:
+        return self.root / "rollouts.jsonl"
+
+    @property
+    def se_scores(self) -> Path:
+        return self.root / "se_scores"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def adapter(self) -> Path:
+        """The final adapter."""
+        return self.root / "adapter"
+
+    def stage_adapter(self, stage: int) -> Path:
+        """The adapter saved at the end of curriculum stage `stage`."""
+        return self.adapter / f"stage-{stage}"
+
+    def evaluation(self, name: str) -> Path:
+        """A held-out evaluation: `before` (the base policy) or `stage_evaluation(K)`."""
+        return self.root / "eval" / name
+
+    @staticmethod
+    def stage_evaluation(stage: int) -> str:
+        return f"stage-{stage}"
+
+    def evaluations(self) -> list[tuple[str, Path]]:
+        """(name, results.json) of the evaluations written, before first, then by stage (10 after 9)."""
+        found = [(path.parent.name, path) for path in (self.root / "eval").glob("*/results.json")]
+        return sorted(found, key=lambda item: (-1,) if item[0] == "before" else (int(item[0].split("-")[1]),))
+
+    def checkpoints(self) -> list[Path]:
+        return list(self.root.glob("checkpoint-*"))
+
+    def last_complete_checkpoint(self) -> Path | None:
+        """The newest checkpoint-N directory whose save finished (half-written ones are ignored)."""
+        done = [p for p in self.checkpoints() if (p / CHECKPOINT_DONE).exists()]
+        return max(done, key=trainer_step) if done else None
 
 
 def trainer_step(checkpoint: Path) -> int:
+    """The optimizer step a checkpoint-N directory was saved at."""
     return int(checkpoint.name.split("-")[1])
 
 
 def truncate_log(path: Path, last_step: int) -> None:
     """Keep only the rows up to `last_step` of a per-step jsonl log (atomically)."""
     kept = [row for row in read_jsonl(path) if row["step"] <= last_step]
-    write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+    write_jsonl(path, kept)
 
 
 def save_adapter_atomically(model, directory: Path, base_model: str, tokenizer=None) -> None:
@@ -67,11 +120,11 @@ def save_adapter_atomically(model, directory: Path, base_model: str, tokenizer=N
 
 class RunRecorder(TrainerCallback):
     """Writes the run directory as training goes: metrics.jsonl (one synced line per log),
-    rollouts.jsonl (the prompt ids each step sampled), a completion marker in each checkpoint, and
-    the adapter at the end of every curriculum stage."""
+    rollouts.jsonl (the prompt ids each step sampled), the curriculum and a completion marker in each
+    checkpoint, and the adapter at the end of every curriculum stage."""
 
-    def __init__(self, output_dir: Path, base_model: str, on_stage_end: Callable[[int], None] | None = None) -> None:
-        self.output_dir = output_dir
+    def __init__(self, run_dir: RunDir, base_model: str, on_stage_end: Callable[[int], None] | None = None) -> None:
+        self.run_dir = run_dir
         self.base_model = base_model  # recorded with each stage's adapter
         self.on_stage_end = on_stage_end  # e.g. a held-out evaluation
         self.trainer = None  # set once the trainer exists: stage boundaries come from its sampler
@@ -80,26 +133,40 @@ class RunRecorder(TrainerCallback):
         # Every step's log, also those without rewards (the later optimizer steps on one rollout batch
         # when steps_per_generation > 1); not the end-of-training summary.
         if logs and "train_runtime" not in logs:
-            append_jsonl(self.output_dir / "metrics.jsonl", [{"step": state.global_step, **logs}])
+            append_jsonl(self.run_dir.metrics, [{"step": state.global_step, **logs}])
 
     def on_save(self, args, state, control, **kwargs):
-        checkpoint = self.output_dir / f"checkpoint-{state.global_step}"
+        checkpoint = self.run_dir.root / f"checkpoint-{state.global_step}"  # transformers' naming
         if checkpoint.is_dir():
-            (checkpoint / CHECKPOINT_DONE).write_text(json.dumps({"step": state.global_step}))
+            if self.trainer is not None and self.trainer.curriculum_stages is not None:
+                curriculum = self.trainer.curriculum_sampler.state_dict()
+                write_text(checkpoint / CHECKPOINT_CURRICULUM, json.dumps(curriculum) + "\n")
+            write_text(checkpoint / CHECKPOINT_DONE, json.dumps({"step": state.global_step}))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.trainer is None:
             return
-        append_jsonl(self.output_dir / "rollouts.jsonl", self.trainer.rollout_log)
+        append_jsonl(self.run_dir.rollouts, self.trainer.rollout_log)
         self.trainer.rollout_log.clear()
         if self.trainer.curriculum_stages is None:
             return
         step = state.global_step
         stage = self.trainer.stage_of_step(step - 1)
         if step == state.max_steps or self.trainer.stage_of_step(step) != stage:
-            save_adapter_atomically(model, self.output_dir / "adapter" / f"stage-{stage}", self.base_model)
+            save_adapter_atomically(model, self.run_dir.stage_adapter(stage), self.base_model)
             if self.on_stage_end is not None:
                 self.on_stage_end(stage)
+
+
+def check_checkpoint_curriculum(checkpoint: Path, sampler: Any) -> None:
+    """Refuse to resume from `checkpoint` when it was saved walking another curriculum than `sampler`."""
+    saved = checkpoint / CHECKPOINT_CURRICULUM
+    if not saved.is_file():
+        raise ValueError(
+            f"{checkpoint} records no curriculum ({CHECKPOINT_CURRICULUM}): it was saved without one, or by an "
+            "older sete_lite; resume it with curriculum: false, or start a new run in another output directory"
+        )
+    sampler.check_resumable(json.loads(saved.read_text()))
 
 
 class RewardEntropyBar(TrainerCallback):
@@ -123,3 +190,44 @@ class RewardEntropyBar(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.bar.close()
+
+
+def write_run_readme(run_dir: RunDir, facts: dict[str, Any], config_source: str, summary: dict[str, Any]) -> None:
+    """D/README.md: what this run was and how to continue from it, in place of TRL's model-card
+    boilerplate. `facts` holds the run's method, model, data and curriculum settings by name."""
+    lines = [
+        f"# SENT run: mode `{facts['mode']}` on `{facts['model']}`",
+        "",
+        f"- method: mode `{facts['mode']}`, loss_type `{facts['loss_type']}`, {summary['steps']} optimizer steps "
+        f"({summary['train_seconds']} s of training); the loss rules: sete_lite's docs/method.md",
+        f"- model: `{facts['model']}` (backend {facts['backend']}, 4-bit {facts['load_in_4bit']}), LoRA r="
+        f"{facts['lora_r']}, alpha {facts['lora_alpha']}",
+        f"- data: `{facts['dataset']}`, {facts['num_prompts']} prompts",
+        f"- curriculum: {facts['curriculum']}",
+        "",
+    ]
+    stages = run_dir.se_scores / "stages.md"
+    if stages.is_file():
+        lines += ["## Curriculum stages (semantic entropy of the base model's answers)", "", stages.read_text()]
+    evaluations = run_dir.evaluations()
+    if evaluations:
+        lines += ["## Held-out evaluation", ""]
+        for name, path in evaluations:
+            lines += [f"### {name}", "", (path.parent / "results.md").read_text()]
+    root = run_dir.root
+    lines += [
+        "## Files",
+        "",
+        "`adapter/` (final LoRA adapter, `adapter/stage-K/` at each stage end), `metrics.jsonl`, `rollouts.jsonl`, "
+        "`plots/`, `se_scores/`, `eval/`, `checkpoint-N/`.",
+        "",
+        "## Continue",
+        "",
+        "```bash",
+        f"python -m sete_lite.train --config {config_source} --output-dir {root} --resume   # resume after a stop",
+        f"python -m sete_lite.eval --adapter {run_dir.adapter} --benchmarks MATH500 --n 16   # evaluate",
+        f"python -m sete_lite.export --run-dir {root} --method merged_16bit --output {root / 'merged'}   # export",
+        "```",
+        "",
+    ]
+    write_text(root / "README.md", "\n".join(lines))

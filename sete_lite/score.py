@@ -1,10 +1,11 @@
 """The semantic-entropy scoring pass: M samples per prompt from the base policy, SE per prompt.
 
-This module owns SENT.md section 1, steps 1-5 as a resumable job: `score_dataset` samples
-`num_samples` responses per prompt with the LoRA adapters off, extracts and clusters their final
-answers and records per prompt its SE (discrete and likelihood), number of clusters, pass rate and
-answers. Rows are appended to `scores.jsonl` as each batch finishes; `producer.json` records what
-produced them (model, sampling, dataset fingerprint), and a cache from another producer is refused.
+This module owns the curriculum's scoring (docs/method.md#curriculum, steps 1-5) as a resumable
+job: `score_dataset` samples `num_samples` responses per prompt with the LoRA adapters off,
+extracts and clusters their final answers and records per prompt its SE (discrete and
+likelihood), number of clusters, pass rate and answers. Rows are appended to `scores.jsonl` as
+each batch finishes; `producer.json` records what produced them (model, sampling, dataset
+fingerprint), and a cache from another producer is refused.
 
     python -m sete_lite.score --config configs/score_tiny.yaml [--set key=value ...]
 
@@ -44,23 +45,19 @@ ESTIMATORS = ("likelihood", "discrete")
 @dataclass
 class ScoreConfig:
     """The SE scoring pass. Its sampling keys carry an `se_` prefix so that a combined training config
-    can sample SE and rollouts differently; `seed`, `num_stages` and `rollout_engine` are shared."""
+    can sample SE and rollouts differently (seed, rollout_engine and answer_timeout_s: SharedConfig)."""
 
     se_num_samples: int = 8  # M responses per prompt
     se_temperature: float = 1.0
     se_top_p: float = 1.0
     se_max_tokens: int = 1024
-    seed: int = 0
     se_batch_size: int = 8  # prompts per generate call, and per append to the cache
     se_scores_dir: str = "runs/se_scores"
-    num_stages: int = 2  # curriculum stages, for the per-stage table
     se_estimator: str = "likelihood"  # which SE orders the curriculum: "likelihood" (paper) | "discrete"
-    rollout_engine: str = "auto"  # see sete_lite.rollout.make_engine
-    answer_timeout_s: float = DEFAULT_TIMEOUT_S  # per answer parse / comparison
 
     def __post_init__(self) -> None:
-        if min(self.se_num_samples, self.se_batch_size, self.se_max_tokens, self.num_stages) < 1:
-            raise ValueError("se_num_samples, se_batch_size, se_max_tokens and num_stages must be at least 1")
+        if min(self.se_num_samples, self.se_batch_size, self.se_max_tokens) < 1:
+            raise ValueError("se_num_samples, se_batch_size and se_max_tokens must be at least 1")
         if self.se_estimator not in ESTIMATORS:
             raise ValueError(f"se_estimator must be one of {ESTIMATORS}, got '{self.se_estimator}'")
 
@@ -77,7 +74,7 @@ def dataset_fingerprint(records: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def producer_record(producer: dict[str, Any], records: list[dict], cfg: ScoreConfig) -> dict[str, Any]:
+def producer_record(producer: dict[str, Any], records: list[dict], cfg: ScoreConfig, seed: int) -> dict[str, Any]:
     """What determines the scores: the caller's model description plus sampling and data."""
     return {
         **producer,
@@ -85,7 +82,7 @@ def producer_record(producer: dict[str, Any], records: list[dict], cfg: ScoreCon
         "temperature": cfg.se_temperature,
         "top_p": cfg.se_top_p,
         "max_tokens": cfg.se_max_tokens,
-        "seed": cfg.seed,
+        "seed": seed,
         "num_prompts": len(records),
         "dataset_fingerprint": dataset_fingerprint(records),
     }
@@ -157,6 +154,8 @@ def score_dataset(
     cfg: ScoreConfig,
     producer: dict[str, Any],
     *,
+    seed: int,
+    answer_timeout_s: float = DEFAULT_TIMEOUT_S,
     scores_dir: str | Path | None = None,
     progress: bool = True,
 ) -> list[dict]:
@@ -168,7 +167,7 @@ def score_dataset(
     directory). Sampling uses the base policy: `use_adapter=False`.
     """
     scores_dir = Path(scores_dir if scores_dir is not None else cfg.se_scores_dir)
-    done = open_cache(scores_dir, producer_record(producer, records, cfg))
+    done = open_cache(scores_dir, producer_record(producer, records, cfg, seed))
     todo = [record for record in records if record["id"] not in done]
     with tqdm(total=len(records), initial=len(records) - len(todo), unit="prompt", disable=not progress) as bar:
         for start in range(0, len(todo), cfg.se_batch_size):
@@ -176,10 +175,10 @@ def score_dataset(
             # Seeded per batch: a rerun from the same cache state samples the same responses (a
             # resumed pass batches the remaining prompts differently from an uninterrupted one).
             sampling = SamplingConfig(
-                temperature=cfg.se_temperature, top_p=cfg.se_top_p, max_tokens=cfg.se_max_tokens, seed=cfg.seed + start
+                temperature=cfg.se_temperature, top_p=cfg.se_top_p, max_tokens=cfg.se_max_tokens, seed=seed + start
             )
             completions = engine.generate([r["prompt"] for r in batch], cfg.se_num_samples, sampling, use_adapter=False)
-            rows = [score_prompt(r, c, cfg.answer_timeout_s) for r, c in zip(batch, completions, strict=True)]
+            rows = [score_prompt(r, c, answer_timeout_s) for r, c in zip(batch, completions, strict=True)]
             append_jsonl(scores_dir / "scores.jsonl", rows)
             done.update((row["id"], row) for row in rows)
             bar.update(len(batch))
@@ -245,41 +244,51 @@ def model_producer(model_cfg: Any) -> dict[str, Any]:
     return {"model": model_cfg.model_name_or_path, "load_in_4bit": model_cfg.load_in_4bit, "dtype": model_cfg.dtype}
 
 
-def write_score_report(rows: list[dict], scores_dir: Path, cfg: ScoreConfig) -> str:
+def write_score_report(rows: list[dict], scores_dir: Path, cfg: ScoreConfig, num_stages: int) -> str:
     """The SE histogram (PNG) and the per-stage table (markdown) next to the scores; returns the table."""
     plot_histogram(rows, scores_dir / "se_histogram.png", cfg.se_num_samples)
-    table = format_stage_table(stage_table(rows, cfg.num_stages, cfg.se_estimator), cfg.se_estimator)
+    table = format_stage_table(stage_table(rows, num_stages, cfg.se_estimator), cfg.se_estimator)
     write_text(scores_dir / "stages.md", table)
     return table
 
 
+def config_classes() -> list[type]:
+    """What the score command reads: shared, model, data, scoring and curriculum keys (for the stage table)."""
+    from sete_lite.config import SharedConfig
+    from sete_lite.curriculum import CurriculumConfig
+    from sete_lite.data import DataConfig
+    from sete_lite.model import ModelConfig
+
+    return [SharedConfig, ModelConfig, DataConfig, ScoreConfig, CurriculumConfig]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     from sete_lite.config import parse_config, read_values
-    from sete_lite.data import DataConfig, load_records, policy_prompts
-    from sete_lite.model import ModelConfig, import_unsloth_first, load_policy
+    from sete_lite.data import load_records, policy_prompts
+    from sete_lite.model import import_unsloth_first, load_policy
     from sete_lite.rollout import check_context, context_limit, make_engine
 
     parser = argparse.ArgumentParser(description="Semantic-entropy scoring pass (SENT curriculum).")
-    parser.add_argument("--config", help="flat YAML config (model, data and scoring keys)")
+    parser.add_argument("--config", help="flat YAML config (model, data and scoring keys) or builtin:NAME")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     args = parser.parse_args(argv)
     import_unsloth_first(read_values(args.config, args.set))
-    model_cfg, data_cfg, cfg = parse_config([ModelConfig, DataConfig, ScoreConfig], args.config, args.set)
+    shared, model_cfg, data_cfg, cfg, curriculum = parse_config(config_classes(), args.config, args.set)
 
     records = load_records(data_cfg)
-    model, tokenizer = load_policy(model_cfg)
+    model, tokenizer = load_policy(model_cfg, seed=shared.seed)
     records = policy_prompts(records, tokenizer, data_cfg)  # the prompts training sees: its run reuses these scores
-    engine = make_engine(cfg.rollout_engine, model, tokenizer, model_cfg, seed=cfg.seed)
+    engine = make_engine(shared.rollout_engine, model, tokenizer, model_cfg, seed=shared.seed)
     prompts = [r["prompt"] for r in records]
     check_context(tokenizer, prompts, cfg.se_max_tokens, context_limit(model, engine), "se_max_tokens")
-    rows = score_dataset(engine, records, cfg, model_producer(model_cfg))
+    rows = score_dataset(
+        engine, records, cfg, model_producer(model_cfg), seed=shared.seed, answer_timeout_s=shared.answer_timeout_s
+    )
 
     scores_dir = Path(cfg.se_scores_dir)
-    table = write_score_report(rows, scores_dir, cfg)
-    write_text(
-        scores_dir / "config.json",
-        json.dumps({"model": asdict(model_cfg), "data": asdict(data_cfg), "score": asdict(cfg)}, indent=2) + "\n",
-    )
+    table = write_score_report(rows, scores_dir, cfg, curriculum.num_stages)
+    configs = {"shared": shared, "model": model_cfg, "data": data_cfg, "score": cfg, "curriculum": curriculum}
+    write_text(scores_dir / "config.json", json.dumps({k: asdict(v) for k, v in configs.items()}, indent=2) + "\n")
     print(table)
     print(f"wrote {scores_dir / 'scores.jsonl'} ({len(rows)} prompts), se_histogram.png, stages.md")
     return rows

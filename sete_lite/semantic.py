@@ -1,9 +1,9 @@
 """Final answers, their equivalence, and the semantic entropy of a set of sampled responses.
 
-This module owns the math side of SENT's curriculum (SENT.md section 1, steps 2-4):
+This module owns the math side of SENT's curriculum (docs/method.md#curriculum, steps 2-4):
 - `extract_answer`: the final answer of one response (last `\\boxed{}`/`\\fbox{}`, else GSM8K `####`).
 - `cluster_answers`: responses grouped by math-verify equivalence of their final answers.
-- `semantic_entropy` / `cluster_entropy`: the entropy over those clusters, discrete or likelihood.
+- `cluster_entropy` (with `likelihood_weights`): the entropy over those clusters, discrete or likelihood.
 - `grade_answers`: which answers match a gold answer (the pass rate of a prompt).
 
 math-verify bounds its own work with signal.alarm, which only works on the main thread, only in
@@ -279,24 +279,13 @@ def cluster_entropy(labels: Sequence[int], weights: Sequence[float] | None = Non
     for label, weight in zip(labels, weights, strict=True):
         mass[label] = mass.get(label, 0.0) + weight
     total = sum(mass.values())
-    return -sum(m / total * math.log(m / total) for m in mass.values() if m > 0)
+    return max(0.0, -sum(m / total * math.log(m / total) for m in mass.values() if m > 0))  # never -0.0
 
 
 def likelihood_weights(mean_logprobs: Sequence[float]) -> list[float]:
     """exp(mean log-prob) per response, scaled by a common factor (exp(-max)) to avoid underflow."""
     top = max(mean_logprobs)
     return [math.exp(lp - top) for lp in mean_logprobs]
-
-
-def semantic_entropy(answers: Sequence[str | None], mean_logprobs: Sequence[float] | None = None) -> float:
-    """Semantic entropy (nats) of M responses' final answers.
-
-    Discrete estimator when `mean_logprobs` is None; otherwise the likelihood estimator of the
-    paper: each response weighs exp(its mean token log-prob) (length-normalised, as in the reference
-    semantic-entropy code), renormalised over all responses.
-    """
-    labels = cluster_answers(answers)
-    return cluster_entropy(labels, likelihood_weights(mean_logprobs) if mean_logprobs is not None else None)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ policy; score every prompt's semantic entropy with the adapters off (cached in D
 resumable); cut the prompts into stages by SE; train stage by stage with SENTTrainer; save the
 adapter at each stage end (D/adapter/stage-K) and at the end (D/adapter); write D/metrics.jsonl
 and the plots in D/plots; optionally evaluate on held-out problems before training and after each
-stage (D/eval).
+stage (D/eval). The run directory's layout: sete_lite.rundir.RunDir.
 """
 
 from __future__ import annotations
@@ -21,34 +21,54 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sete_lite.config import parse_config, read_values
 from sete_lite.model import import_unsloth_first
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny_cpu.yaml"
+# The built-in arithmetic task on CPU (sete_lite/arith/tiny_cpu.yaml), found by name: see sete_lite.builtins.
+DEFAULT_CONFIG = "builtin:arith-cpu"
 
 
 @dataclass
 class RunConfig:
-    """What the run optimises and with which engine; the rest lives in the other config classes."""
+    """What a training run optimises and evaluates; the rest lives in the other config classes."""
 
     reward_funcs: list[str] = field(default_factory=lambda: ["accuracy", "format"])
-    rollout_engine: str = "auto"  # auto | transformers | vllm | unsloth (shared with ScoreConfig)
-    num_threads: int | None = None  # torch CPU threads; None = torch's default
     # Held-out evaluation (the eval_* keys of sete_lite.eval.EvalConfig say on what and how).
     eval_before_training: bool = False  # the base policy, in D/eval/before
     eval_at_stage_end: bool = False  # after each curriculum stage, in D/eval/stage-K
 
 
+class TrainConfigs(NamedTuple):
+    """Every config class a training run reads, one instance each, from one flat YAML mapping."""
+
+    shared: Any  # sete_lite.config.SharedConfig
+    model: Any  # sete_lite.model.ModelConfig
+    data: Any  # sete_lite.data.DataConfig
+    score: Any  # sete_lite.score.ScoreConfig
+    curriculum: Any  # sete_lite.curriculum.CurriculumConfig
+    run: RunConfig
+    eval: Any  # sete_lite.eval.EvalConfig
+    train: Any  # sete_lite.trainer.SENTConfig (TRL's GRPOConfig + the loss keys)
+
+
 def config_classes() -> list[type]:
+    """The classes of TrainConfigs, in its order (imported here: TRL is heavy, Unsloth must come first)."""
+    from sete_lite.config import SharedConfig
+    from sete_lite.curriculum import CurriculumConfig
     from sete_lite.data import DataConfig
     from sete_lite.eval import EvalConfig
     from sete_lite.model import ModelConfig
     from sete_lite.score import ScoreConfig
     from sete_lite.trainer import SENTConfig
 
-    return [ModelConfig, DataConfig, ScoreConfig, RunConfig, EvalConfig, SENTConfig]
+    return [SharedConfig, ModelConfig, DataConfig, ScoreConfig, CurriculumConfig, RunConfig, EvalConfig, SENTConfig]
+
+
+def parse_train_config(path: str | Path | None, overrides: list[str]) -> TrainConfigs:
+    """The configs of a training run from a YAML file (or builtin:NAME) and `key=value` overrides."""
+    return TrainConfigs(*parse_config(config_classes(), path, overrides))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
+    parser.add_argument("--config", default=None, help=f"YAML config file or builtin:NAME (default: {DEFAULT_CONFIG})")
     parser.add_argument("--output-dir", type=Path, default=None, help="run directory (default: the config's)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run dir")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -69,13 +89,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config_path = args.config or DEFAULT_CONFIG
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     import_unsloth_first(read_values(config_path, overrides))  # before TRL is imported to parse the config
-    configs = parse_config(config_classes(), config_path, overrides)
-    summary, _ = run(*configs, output_dir=Path(configs[-1].output_dir), resume=args.resume)
+    configs = parse_train_config(config_path, overrides)
+    summary, _ = run(configs, resume=args.resume, config_source=str(config_path))
     return summary
 
 
-def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_dir: Path, resume: bool = False):
-    """Score, stage and train; returns (the summary dict that is also printed, the trainer)."""
+def run(configs: TrainConfigs, *, resume: bool = False, config_source: str = "CONFIG"):
+    """Score, stage and train in the run directory configs.train.output_dir; returns (the summary
+    dict that is also printed, the trainer)."""
     import datasets
     import torch
     from transformers import PrinterCallback, ProgressCallback
@@ -88,36 +109,41 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_
     from sete_lite.rollout import check_context, context_limit, make_engine
     from sete_lite.rundir import (
         RewardEntropyBar,
+        RunDir,
         RunRecorder,
-        last_complete_checkpoint,
+        check_checkpoint_curriculum,
         save_adapter_atomically,
         trainer_step,
         truncate_log,
+        write_run_readme,
     )
     from sete_lite.score import model_producer, score_dataset, write_score_report
     from sete_lite.trainer import SENTTrainer
 
+    shared, model_cfg, data_cfg, score_cfg, curriculum, run_cfg, eval_cfg, train_cfg = configs
+    run_dir = RunDir(Path(train_cfg.output_dir))
+
     # Everything cheap first: a bad config or dataset fails before a model is loaded.
-    check_settings(model_cfg, run_cfg, train_cfg)
-    if run_cfg.num_threads:
-        torch.set_num_threads(run_cfg.num_threads)
-    reward_funcs = resolve_reward_functions(run_cfg.reward_funcs)
+    check_settings(configs)
+    if shared.num_threads:
+        torch.set_num_threads(shared.num_threads)
+    reward_funcs = resolve_reward_functions(run_cfg.reward_funcs, answer_timeout_s=shared.answer_timeout_s)
     records = load_records(data_cfg)
     evaluating = run_cfg.eval_before_training or run_cfg.eval_at_stage_end
     heldout = load_benchmarks(eval_cfg) if evaluating else {}
-    if train_cfg.curriculum and len(records) < train_cfg.num_stages:
-        raise ValueError(f"{len(records)} prompts cannot fill {train_cfg.num_stages} curriculum stages")
-    checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    if curriculum.curriculum and len(records) < curriculum.num_stages:
+        raise ValueError(f"{len(records)} prompts cannot fill {curriculum.num_stages} curriculum stages")
+    checkpoint = run_dir.last_complete_checkpoint() if resume else None
     if resume and checkpoint is None:
-        print(f"--resume: no complete checkpoint in {output_dir}; starting from the beginning")
-    if not resume and any(output_dir.glob("checkpoint-*")):
-        raise ValueError(f"{output_dir} holds checkpoints of an earlier run: pass --resume, or another --output-dir")
-    output_dir.mkdir(parents=True, exist_ok=True)
+        print(f"--resume: no complete checkpoint in {run_dir.root}; starting from the beginning")
+    if not resume and run_dir.checkpoints():
+        raise ValueError(f"{run_dir.root} holds checkpoints of an earlier run: pass --resume, or another --output-dir")
+    run_dir.root.mkdir(parents=True, exist_ok=True)
 
-    model, tokenizer = load_policy(model_cfg)
+    model, tokenizer = load_policy(model_cfg, seed=shared.seed, gradient_checkpointing=train_cfg.gradient_checkpointing)
     records = policy_prompts(records, tokenizer, data_cfg)
     heldout = benchmark_prompts(heldout, tokenizer, eval_cfg)
-    engine = make_engine(run_cfg.rollout_engine, model, tokenizer, model_cfg, seed=train_cfg.seed)
+    engine = make_engine(shared.rollout_engine, model, tokenizer, model_cfg, seed=shared.seed)
     limit = context_limit(model, engine)
     prompts = [r["prompt"] for r in records]
     check_context(tokenizer, prompts, train_cfg.max_completion_length, limit, "max_completion_length")
@@ -127,17 +153,32 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_
 
     def evaluate_as(name: str, use_adapter: bool = True) -> None:
         results = evaluate_and_write(
-            engine, heldout, eval_cfg, output_dir / "eval" / name, use_adapter=use_adapter, progress=False
+            engine,
+            heldout,
+            eval_cfg,
+            run_dir.evaluation(name),
+            seed=shared.seed,
+            answer_timeout_s=shared.answer_timeout_s,
+            use_adapter=use_adapter,
+            progress=False,
         )
         print(f"held-out evaluation '{name}':\n{format_table(results, eval_cfg.eval_k, eval_cfg.eval_num_samples)}")
 
     if run_cfg.eval_before_training and checkpoint is None:
         evaluate_as("before", use_adapter=False)  # the base policy
 
-    scores = score_dataset(engine, records, score_cfg, model_producer(model_cfg), scores_dir=output_dir / "se_scores")
-    print(write_score_report(scores, output_dir / "se_scores", score_cfg))
+    scores = score_dataset(
+        engine,
+        records,
+        score_cfg,
+        model_producer(model_cfg),
+        seed=shared.seed,
+        answer_timeout_s=shared.answer_timeout_s,
+        scores_dir=run_dir.se_scores,
+    )
+    print(write_score_report(scores, run_dir.se_scores, score_cfg, curriculum.num_stages))
     se = [row[f"se_{score_cfg.se_estimator}"] for row in scores]
-    stages = stage_indices(se, train_cfg.num_stages) if train_cfg.curriculum else None
+    stages = stage_indices(se, curriculum.num_stages) if curriculum.curriculum else None
     stage_of = {i: k for k, stage in enumerate(stages or [range(len(records))]) for i in stage}
     train_dataset = datasets.Dataset.from_list(
         [
@@ -154,65 +195,79 @@ def run(model_cfg, data_cfg, score_cfg, run_cfg, eval_cfg, train_cfg, *, output_
         processing_class=tokenizer,
         rollout_engine=engine,
         curriculum_stages=stages,
-        callbacks=[recorder := RunRecorder(output_dir, model_cfg.model_name_or_path), RewardEntropyBar()],
+        curriculum=curriculum,
+        callbacks=[recorder := RunRecorder(run_dir, model_cfg.model_name_or_path), RewardEntropyBar()],
     )
     if run_cfg.eval_at_stage_end:
-        recorder.on_stage_end = lambda stage: evaluate_as(f"stage-{stage}")
+        recorder.on_stage_end = lambda stage: evaluate_as(RunDir.stage_evaluation(stage))
     recorder.trainer = trainer
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    for log in (output_dir / "metrics.jsonl", output_dir / "rollouts.jsonl"):
+    if checkpoint is not None and stages is not None:
+        check_checkpoint_curriculum(checkpoint, trainer.build_curriculum_sampler())
+    for log in (run_dir.metrics, run_dir.rollouts):
         # A resumed run drops what the killed run logged after its checkpoint; a fresh run starts empty.
         truncate_log(log, trainer_step(checkpoint) if checkpoint else -1)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    save_adapter_atomically(trainer.model, output_dir / "adapter", model_cfg.model_name_or_path, tokenizer)
-    return summarize(output_dir, time.perf_counter() - started), trainer
+    save_adapter_atomically(trainer.model, run_dir.adapter, model_cfg.model_name_or_path, tokenizer)
+    summary = summarize(run_dir, time.perf_counter() - started)
+    facts = {
+        "mode": train_cfg.mode,
+        "loss_type": train_cfg.loss_type,
+        "model": model_cfg.model_name_or_path,
+        "backend": model_cfg.backend,
+        "load_in_4bit": model_cfg.load_in_4bit,
+        "lora_r": model_cfg.lora_r,
+        "lora_alpha": model_cfg.lora_alpha,
+        "dataset": data_cfg.dataset_name_or_path,
+        "num_prompts": len(records),
+        "curriculum": (
+            f"{curriculum.num_stages} stages by {score_cfg.se_estimator} semantic entropy, "
+            f"{curriculum.epochs_per_stage} epochs each"
+            if curriculum.curriculum
+            else "off (shuffled prompts)"
+        ),
+    }
+    write_run_readme(run_dir, facts, config_source, summary)
+    return summary, trainer
 
 
 # ----------------------------------------------------------------------------------------------
 # Checks that run before any heavy work
 
 
-def check_settings(model_cfg, run_cfg, train_cfg) -> None:
+def check_settings(configs: TrainConfigs) -> None:
     """Errors that name the fix for settings this machine or this method cannot honour."""
     import torch
 
     from sete_lite.model import resolve_backend
-    from sete_lite.rollout import ENGINES
 
-    resolve_backend(model_cfg)  # unsloth without the package, fast_inference without a GPU
-    if run_cfg.rollout_engine not in ("auto", *ENGINES):
-        raise ValueError(f"rollout_engine must be 'auto' or one of {ENGINES}, got '{run_cfg.rollout_engine}'")
-    if train_cfg.num_generations < 2:
+    resolve_backend(configs.model)  # unsloth without the package, fast_inference without a GPU
+    if configs.train.num_generations < 2:
         raise ValueError(
-            f"num_generations={train_cfg.num_generations}: group-relative advantages need at least 2 "
+            f"num_generations={configs.train.num_generations}: group-relative advantages need at least 2 "
             "completions per prompt"
         )
-    if not torch.cuda.is_available() and run_cfg.rollout_engine in ("vllm", "unsloth"):
+    engine = configs.shared.rollout_engine
+    if not torch.cuda.is_available() and engine in ("vllm", "unsloth"):
         raise ValueError(
-            f"rollout_engine: {run_cfg.rollout_engine} needs a CUDA GPU and none is available; on CPU use "
+            f"rollout_engine: {engine} needs a CUDA GPU and none is available; on CPU use "
             "rollout_engine: transformers (or auto)"
         )
 
 
 # ----------------------------------------------------------------------------------------------
-# Run directory: metrics, checkpoints, adapter, summary
+# The summary
 
 
-def evaluation_order(results_path: Path) -> tuple[int, int]:
-    """D/eval/before first, then D/eval/stage-K by K (stage-10 after stage-9)."""
-    name = results_path.parent.name
-    return (0, 0) if name == "before" else (1, int(name.removeprefix("stage-")))
-
-
-def summarize(output_dir: Path, seconds: float) -> dict[str, Any]:
-    """Plots from metrics.jsonl and a short printed summary."""
+def summarize(run_dir: Any, seconds: float) -> dict[str, Any]:
+    """Plots from metrics.jsonl and a short printed summary (run_dir: a sete_lite.rundir.RunDir)."""
     from sete_lite.atomic import read_jsonl
     from sete_lite.plots import plot_training_curves
 
-    rows = read_jsonl(output_dir / "metrics.jsonl")
-    plots = plot_training_curves(rows, output_dir / "plots")
+    rows = read_jsonl(run_dir.metrics)
+    plots = plot_training_curves(rows, run_dir.plots)
     rewards = [row["reward"] for row in rows if "reward" in row]  # logged on rollout steps only
     entropies = [row["entropy"] for row in rows if "entropy" in row]
     summary = {
@@ -223,11 +278,8 @@ def summarize(output_dir: Path, seconds: float) -> dict[str, Any]:
         "entropy_first": entropies[0] if entropies else None,
         "entropy_last": entropies[-1] if entropies else None,
         "mean_step_time": sum(r.get("step_time", 0.0) for r in rows) / max(len(rows), 1),
-        "adapter": str(output_dir / "adapter"),
-        "eval": {
-            path.parent.name: json.loads(path.read_text())["average"]
-            for path in sorted((output_dir / "eval").glob("*/results.json"), key=evaluation_order)
-        },
+        "adapter": str(run_dir.adapter),
+        "eval": {name: json.loads(path.read_text())["average"] for name, path in run_dir.evaluations()},
         "plots": [str(p) for p in plots],
     }
     print("\nSENT run summary")

@@ -1,19 +1,29 @@
 """SENTTrainer: TRL's GRPOTrainer with SENT's loss, curriculum sampler and rollout engines.
 
-A thin subclass (open-r1 style), overriding only what SENT changes:
-- `_get_per_token_logps_and_entropies`: log-probs and entropies from the final hidden states with
-  the chunked function (sete_lite.logprobs), never the full (B, T, V) logits.
-- `_generate_and_score_completions`: adds the reference log-probs (adapters off) whenever the loss
-  needs them, and the curriculum metrics.
-- `compute_loss`: `sete_lite.loss.policy_loss` with the configured mode. Overriding `compute_loss`
-  itself means the SENT loss is what gets optimised even where Unsloth has patched TRL's loss.
-- `_get_train_sampler`: the semantic-entropy curriculum (stage by stage) in TRL's batch layout.
-Rollouts come from a sete_lite RolloutEngine through TRL's own `rollout_func` hook.
+A thin subclass (open-r1 style). One optimizer step, in TRL's order, with what this class changes:
+
+1. `_prepare_inputs` (TRL): every `steps_per_generation` steps it builds a generation batch from
+   the dataloader, whose sampler is ours (`_get_train_sampler`: the semantic-entropy curriculum,
+   stage by stage, in TRL's batch layout), and calls `_generate_and_score_completions`:
+   a. rollouts: TRL's `rollout_func` hook -> `_rollout` -> a sete_lite RolloutEngine samples
+      `num_generations` completions per prompt, with their sampling-time log-probs;
+   b. old log-probs (TRL), only when a batch is trained on after the policy has moved
+      (`steps_per_generation` > gradient_accumulation_steps, or `num_iterations` > 1); reference
+      log-probs (TRL) when `beta` > 0;
+   c. rewards (TRL: the reward functions, weighted) and group-relative advantages (`scale_rewards`);
+   d. ours, after TRL's: the reference log-probs with the adapters off whenever the loss needs them
+      and TRL did not compute them (`_reference_logps`), the curriculum metrics, the rollout trace.
+   TRL then shuffles the batch and cuts it into `steps_per_generation` slices.
+2. `compute_loss` (ours) on one slice: the current log-probs and entropies from the final hidden
+   states, chunked over the vocabulary (`_get_per_token_logps_and_entropies`, never the (B, T, V)
+   logits), then `sete_lite.loss.policy_loss` with the configured mode and TRL's `loss_type`.
+   Overriding `compute_loss` means the SENT loss is what gets optimised even where Unsloth has
+   patched TRL's loss.
+3. backward; transformers' Trainer steps the optimizer every gradient_accumulation_steps slices.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,64 +32,33 @@ from typing import Any
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from sete_lite.curriculum import CurriculumSampler
+from sete_lite.curriculum import CurriculumConfig, CurriculumSampler
 from sete_lite.logprobs import completion_logprobs
-from sete_lite.loss import GENERIC_DEFAULTS, MODE_DEFAULTS, LossConfig, policy_loss
+from sete_lite.loss import LossConfig, policy_loss
 from sete_lite.rollout import RolloutEngine, SamplingConfig, encode_prompts
-
-LOSS_FIELDS = [f.name for f in dataclasses.fields(LossConfig)]
 
 
 @dataclass
-class SENTConfig(GRPOConfig):
-    """GRPOConfig plus SENT's loss and curriculum fields (TRL's names kept for everything shared).
+class SENTConfig(LossConfig, GRPOConfig):
+    """TRL's GRPOConfig plus SENT's loss keys, which sete_lite.loss.LossConfig declares (once).
 
-    Shared with TRL, same meaning: epsilon, epsilon_high, beta (uniform KL to the reference),
-    entropy_coef, top_entropy_quantile, num_generations, max_completion_length, temperature, ...
+    TRL's keys keep TRL's meaning (loss_type, epsilon, epsilon_high, beta, entropy_coef,
+    top_entropy_quantile, num_generations, max_completion_length, temperature, ...). Defaults that
+    differ from TRL's: beta, entropy_coef, top_entropy_quantile (None: the mode's own, see
+    LossConfig) and vllm_importance_sampling_correction (below).
     """
 
-    # The policy loss (sete_lite.loss.LossConfig; see its docstring).
-    mode: str = "sent"
-    aggregation: str = "token_mean"
-    kl_estimator: str = "k3"
-    low_entropy_quantile: float = 0.8
-    high_cov_ratio: float = 0.002
-    beta_low: float = 0.01
-    beta_high: float = 0.04
-    beta: float | None = None  # None: the mode's default (0.001 for sent_code, else 0)
-    kl_cov_ratio: float | None = None
-    ppo_kl_coef: float | None = None
-    clip_cov_ratio: float = 0.0002
-    clip_cov_lb: float = 1.0
-    clip_cov_ub: float = 5.0
-    entropy_coef: float = 0.001
-    top_entropy_quantile: float = 0.2
-    logprob_chunk_size: int | None = None
+    logprob_chunk_size: int | None = None  # tokens per log-prob chunk; None: about 128 MB of logits
     # TRL's default (True) recomputes old log-probs with a full no-grad pass per generation batch
     # whenever use_vllm is on, which Unsloth forces with fast_inference: with one optimizer step per
     # batch they equal the current ones. The sampling/recompute gap is logged as sampling/logp_gap_mean.
     vllm_importance_sampling_correction: bool = False
-    # The curriculum (SENT.md section 1, step 5); with it, epochs_per_stage replaces num_train_epochs.
-    curriculum: bool = True
-    num_stages: int = 2
-    epochs_per_stage: int = 5
-    shuffle_within_stage: bool = True
 
     def __post_init__(self) -> None:
-        for name, value in MODE_DEFAULTS.get(self.mode, GENERIC_DEFAULTS).items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        self.loss_config()  # validate the loss fields before any heavy work
+        self.resolve_loss_defaults()  # the loss keys first: TRL reads beta and friends
         if (self.bf16 or self.fp16) and not torch.cuda.is_available():
             raise ValueError("bf16/fp16 training needs a CUDA GPU and none is available; on CPU set bf16: false")
-        if self.curriculum:
-            # One pass of the curriculum sampler is the whole run: num_stages x epochs_per_stage.
-            self.num_train_epochs = 1
-        super().__post_init__()
-
-    def loss_config(self) -> LossConfig:
-        """The LossConfig these fields describe."""
-        return LossConfig(**{name: getattr(self, name) for name in LOSS_FIELDS})
+        GRPOConfig.__post_init__(self)
 
 
 class SENTTrainer(GRPOTrainer):
@@ -90,12 +69,15 @@ class SENTTrainer(GRPOTrainer):
         *args: Any,
         rollout_engine: RolloutEngine | None = None,
         curriculum_stages: Sequence[Sequence[int]] | None = None,
+        curriculum: CurriculumConfig | None = None,
         **kwargs: Any,
     ) -> None:
         self.rollout_engine = rollout_engine
         self.curriculum_stages = curriculum_stages
-        config: SENTConfig = kwargs["args"]
-        self.loss_config = config.loss_config()
+        self.curriculum = curriculum or CurriculumConfig()
+        if curriculum_stages is not None:
+            # One pass of the curriculum sampler is the whole run: num_stages x epochs_per_stage.
+            kwargs["args"].num_train_epochs = 1
         if rollout_engine is not None:
             kwargs["rollout_func"] = self._rollout
         super().__init__(*args, **kwargs)
@@ -103,22 +85,30 @@ class SENTTrainer(GRPOTrainer):
         # Which prompts each generation batch sampled, for the run's rollout trace (resume checks).
         self.rollout_log: list[dict[str, Any]] = []
 
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing: TRL would write its model-card boilerplate over the run's README.md, which
+        sete_lite.rundir.write_run_readme writes at the end of a run."""
+
     # ------------------------------------------------------------------------------------------
     # Data order: the curriculum
 
     def _get_train_sampler(self, dataset=None):
         if self.curriculum_stages is None:
             return super()._get_train_sampler(dataset)
-        self.curriculum_sampler = CurriculumSampler(
+        self.curriculum_sampler = self.build_curriculum_sampler()
+        return self.curriculum_sampler
+
+    def build_curriculum_sampler(self) -> CurriculumSampler:
+        """The sampler over the curriculum stages, in TRL's batch layout for this configuration."""
+        return CurriculumSampler(
             self.curriculum_stages,
-            epochs_per_stage=self.args.epochs_per_stage,
-            shuffle=self.args.shuffle_within_stage,
+            epochs_per_stage=self.curriculum.epochs_per_stage,
+            shuffle=self.curriculum.shuffle_within_stage,
             seed=self.args.seed,
             mini_repeat_count=self.num_generations,
             batch_size=self.args.generation_batch_size // self.num_generations,
             repeat_count=self.num_iterations * self.args.steps_per_generation,
         )
-        return self.curriculum_sampler
 
     def stage_of_step(self, step: int) -> int:
         """The curriculum stage that optimizer step `step` (0-based) trains on."""
@@ -175,7 +165,7 @@ class SENTTrainer(GRPOTrainer):
     ):
         if any(value is not None for value in multimodal.values()):
             raise NotImplementedError("sete_lite trains text-only models; multimodal inputs are not supported")
-        entropy_grad = compute_entropy and self.loss_config.mode == "entropy_bonus" and torch.is_grad_enabled()
+        entropy_grad = compute_entropy and self.args.needs_entropy_grad() and torch.is_grad_enabled()
         logps, entropies = completion_logprobs(
             self.accelerator.unwrap_model(model),
             input_ids,
@@ -196,7 +186,7 @@ class SENTTrainer(GRPOTrainer):
         started = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
-        if self.loss_config.needs_reference() and "ref_per_token_logps" not in output:
+        if self.args.needs_reference() and "ref_per_token_logps" not in output:
             output["ref_per_token_logps"] = self._reference_logps(output)
         if mode == "train" and "id" in inputs[0]:
             group = self.num_generations
@@ -239,6 +229,7 @@ class SENTTrainer(GRPOTrainer):
         )
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
+        training = self.model.training
         loss, stats = policy_loss(
             logps,
             old_logps,
@@ -246,7 +237,9 @@ class SENTTrainer(GRPOTrainer):
             inputs["advantages"],
             entropies,
             completion_mask,
-            self.loss_config,
+            self.args,
+            max_completion_length=self.max_completion_length,
+            num_tokens=self._dapo_tokens_per_micro_batch(inputs, training),
         )
         self.last_loss_inputs = {
             "input_ids": input_ids,
@@ -260,9 +253,18 @@ class SENTTrainer(GRPOTrainer):
             "loss": loss.detach(),
         }
         self._log_loss_stats(stats, inputs)
-        if self.model.training:  # HF's auto-scaling is off in GRPOTrainer: scale for accumulation here
+        if training:  # HF's auto-scaling is off in GRPOTrainer: scale for accumulation here
             loss = loss / self.current_gradient_accumulation_steps
         return loss
+
+    def _dapo_tokens_per_micro_batch(self, inputs: dict[str, Any], training: bool) -> float | None:
+        """loss_type dapo divides by the valid tokens of the whole accumulation window (TRL's
+        `num_items_in_batch`, counted over the generation batch and all processes); per micro-batch,
+        before the division by gradient_accumulation_steps, that is this many tokens."""
+        if self.args.loss_type != "dapo" or "num_items_in_batch" not in inputs:
+            return None
+        tokens = float(inputs["num_items_in_batch"]) / self.accelerator.num_processes
+        return tokens / self.args.steps_per_generation if training else tokens
 
     def _log_loss_stats(self, stats: dict[str, float], inputs: dict[str, Any]) -> None:
         """Loss statistics under TRL's metric names where TRL has one, `sent/...` otherwise."""

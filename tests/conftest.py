@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sete_lite.tiny import build_tiny_model
+from sete_lite.arith.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="session")

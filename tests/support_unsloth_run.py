@@ -34,9 +34,8 @@ def main(argv: list[str]) -> None:
     import trl
     from transformers import TrainerCallback
 
-    from sete_lite.config import parse_config
     from sete_lite.logprobs import completion_logprobs
-    from sete_lite.train import config_classes, run
+    from sete_lite.train import parse_train_config, run
     from sete_lite.trainer import SENTTrainer
 
     settings = [
@@ -46,7 +45,7 @@ def main(argv: list[str]) -> None:
         "eval_at_stage_end=false",
         f"output_dir={args.run_dir}",
     ]
-    configs = parse_config(config_classes(), REPO / "configs" / "smoke_cpu.yaml", settings)
+    configs = parse_train_config(REPO / "configs" / "smoke_cpu.yaml", settings)
     steps: list[dict] = []
 
     class RecordLoss(TrainerCallback):
@@ -84,7 +83,7 @@ def main(argv: list[str]) -> None:
         recorder.trainer = self
 
     SENTTrainer.__init__ = init_with_recorder
-    _, trainer = run(*configs, output_dir=args.run_dir)
+    _, trainer = run(configs)
     metrics = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
     decoder = trainer.model.get_base_model().get_decoder()
     record = {

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 from pathlib import Path
 
 import pytest
 
+from sete_lite.arith import DEFAULT_CONFIG
 from sete_lite.config import check_known_keys, field_names, load_yaml, parse_config
 from sete_lite.train import config_classes
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-OWN_FIELDS = ["mode", "aggregation", "kl_estimator", "low_entropy_quantile", "high_cov_ratio", "beta_low", "beta_high",
-              "kl_cov_ratio", "ppo_kl_coef", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "logprob_chunk_size",
-              "curriculum", "num_stages", "epochs_per_stage", "shuffle_within_stage"]  # fmt: skip
+CONFIGS = [*sorted((REPO / "configs").glob("*.yaml")), DEFAULT_CONFIG]  # the presets and the packaged default
+
+
+def declared_here(cls: type) -> set[str]:
+    """The fields a class declares itself (not those it inherits)."""
+    return set(inspect.get_annotations(cls))
+
+
+def own_classes() -> list[type]:
+    """sete_lite's config classes; SENTConfig's own fields and its LossConfig base, not TRL's fields."""
+    from sete_lite.loss import LossConfig
+
+    *ours, sent = config_classes()
+    return [*ours, LossConfig, sent]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -23,15 +36,43 @@ def test_shipped_config_keys_are_all_known(path):
 
 
 def test_cpu_default_builds():
-    *_, train = parse_config(config_classes(), REPO / "configs" / "tiny_cpu.yaml")
-    assert train.mode == "sent" and train.curriculum and train.num_train_epochs == 1
+    from sete_lite.train import parse_train_config
+
+    configs = parse_train_config("builtin:arith-cpu", [])
+    assert configs.train.mode == "sent" and configs.curriculum.curriculum and configs.curriculum.num_stages == 2
+
+
+def test_every_key_has_one_declaration():
+    """No two sete_lite config classes declare the same key. TRL's keys that sete_lite declares again:
+    the loss keys whose default depends on the mode, the one default it changes on purpose, and two
+    that the score and eval commands (which build no TRL config) need, with TRL's default."""
+    from trl import GRPOConfig
+
+    seen: dict[str, str] = {}
+    for cls in own_classes():
+        for name in declared_here(cls):
+            assert name not in seen, f"'{name}' is declared by {seen[name]} and {cls.__name__}"
+            seen[name] = cls.__name__
+    trl_keys = {f.name for f in dataclasses.fields(GRPOConfig)}
+    redeclared = {name for name in seen if name in trl_keys}
+    assert redeclared == {
+        "loss_type", "epsilon", "epsilon_high", "beta", "entropy_coef", "top_entropy_quantile",
+        "vllm_importance_sampling_correction", "seed", "trust_remote_code",
+    }  # fmt: skip
+    trl_defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+    from sete_lite.config import SharedConfig
+    from sete_lite.model import ModelConfig
+
+    assert (
+        SharedConfig().seed == trl_defaults["seed"]
+        and ModelConfig().trust_remote_code is trl_defaults["trust_remote_code"]
+    )
 
 
 def test_readme_reference_table_documents_every_sete_lite_key():
     readme = (REPO / "README.md").read_text()
     documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", readme, flags=re.MULTILINE))
-    *ours_classes, _ = config_classes()  # all but SENTConfig, whose TRL fields TRL documents
-    ours = set(field_names(*ours_classes)) | set(OWN_FIELDS)
+    ours = set().union(*(declared_here(cls) for cls in own_classes()))  # TRL documents its own keys
     assert ours - documented == set()
 
 
@@ -50,5 +91,5 @@ def test_exponent_notation_without_a_dot_reaches_float_fields_as_numbers(tmp_pat
     *_, train = parse_config(config_classes(), config, ["beta_low=2e-2", "beta=1e-3"])
     assert (train.learning_rate, train.beta_low, train.beta) == (3e-5, 2e-2, 1e-3)
     assert train.max_steps == 2 and train.output_dir == "x"  # other types untouched
-    with pytest.raises(ValueError, match="'learning_rate' expects a number, got 'fast'"):
+    with pytest.raises(ValueError, match="'learning_rate' expects float, got 'fast'"):
         parse_config(config_classes(), config, ["learning_rate=fast"])

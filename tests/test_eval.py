@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sete_lite.arith.tiny import randomize_lora
+from sete_lite.config import SharedConfig
 from sete_lite.eval import (
     BENCHMARKS,
     EvalConfig,
@@ -25,7 +27,6 @@ from sete_lite.eval import (
 )
 from sete_lite.model import ModelConfig
 from sete_lite.rollout import Completion, SamplingConfig
-from sete_lite.tiny import randomize_lora
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,7 +115,6 @@ def two_benchmarks(tmp_path: Path) -> tuple[EvalConfig, ScriptedEngine, Path]:
         eval_k=[1, 2, 4],
         eval_batch_size=2,
         eval_max_tokens=64,
-        seed=7,
     )
     suffix = "\nPlease reason step by step, and put your final answer within \\boxed{}."
     script = {
@@ -147,7 +147,9 @@ def test_whole_evaluation_gives_the_exact_scores(two_benchmarks) -> None:
     assert list(benchmarks) == ["champ", "gsm"]
     assert [r["answer"] for r in benchmarks["gsm"]] == ["72", "3"]  # gold reduced from '#### x'
 
-    results = evaluate_and_write(engine, benchmarks, cfg, tmp_path / "out", progress=False, meta={"model": "script"})
+    results = evaluate_and_write(
+        engine, benchmarks, cfg, tmp_path / "out", seed=7, progress=False, meta={"model": "script"}
+    )
 
     champ, gsm = results["benchmarks"]["champ"], results["benchmarks"]["gsm"]
     # champ: c = 3, 1, 0 of n = 4
@@ -196,7 +198,7 @@ def test_whole_evaluation_gives_the_exact_scores(two_benchmarks) -> None:
 def test_the_base_policy_can_be_evaluated_without_keeping_texts(two_benchmarks) -> None:
     cfg, engine, _ = two_benchmarks
     cfg.eval_save_texts = False
-    results = evaluate(engine, load_benchmarks(cfg), cfg, use_adapter=False, progress=False)
+    results = evaluate(engine, load_benchmarks(cfg), cfg, seed=0, use_adapter=False, progress=False)
     assert {call[3] for call in engine.calls} == {False}
     assert "text" not in results["samples"][0] and results["samples"][0]["answer"] == "239"
 
@@ -206,7 +208,7 @@ def test_an_engine_returning_too_few_samples_is_an_error(two_benchmarks) -> None
     for texts in engine.script.values():
         del texts[1:]
     with pytest.raises(RuntimeError, match="returned 1 completions, expected 4"):
-        evaluate(engine, load_benchmarks(cfg), cfg, progress=False)
+        evaluate(engine, load_benchmarks(cfg), cfg, seed=0, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,7 +272,7 @@ def test_bad_configs_fail_early_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="raise eval_num_samples to at least 16"):
         EvalConfig(eval_num_samples=8, eval_k=[1, 16])
     with pytest.raises(ValueError, match="rollout_engine must be"):
-        EvalConfig(rollout_engine="sglang")
+        SharedConfig(rollout_engine="sglang")
     with pytest.raises(FileNotFoundError, match=r"has no adapter_config\.json"):
         adapter_model_config(ModelConfig(), str(tmp_path), None)
     rows = [{"question": "q", "answer": "1"}]
@@ -335,9 +337,9 @@ def test_cli_on_the_tiny_model_with_and_without_an_adapter(tmp_path: Path, tiny_
 
 def test_the_paper_config_asks_for_the_papers_setting() -> None:
     from sete_lite.config import parse_config
-    from sete_lite.eval import PAPER_BENCHMARKS
+    from sete_lite.eval import PAPER_BENCHMARKS, config_classes
 
-    model_cfg, cfg = parse_config([ModelConfig, EvalConfig], REPO / "configs" / "eval_paper.yaml")
+    _, model_cfg, cfg = parse_config(config_classes(), REPO / "configs" / "eval_paper.yaml")
     assert (
         cfg.eval_benchmarks == PAPER_BENCHMARKS == ["AIME24", "AIME25", "AMC23", "MATH500", "OlympiadBench", "Minerva"]
     )

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from sete_lite import export as export_module
+from sete_lite.arith.tiny import randomize_lora
 from sete_lite.export import EXPORT_INFO, export, main, publish, resolve_adapter
-from sete_lite.tiny import randomize_lora
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sete_lite.model import ModelConfig, load_policy, reference_logprobs, resolve_backend
+from sete_lite.arith.tiny import build_tiny_model
+from sete_lite.model import ModelConfig, load_policy, resolve_backend
 from sete_lite.rollout import SamplingConfig, TransformersEngine
-from sete_lite.tiny import build_tiny_model
 
 
 def config(model_dir, **overrides) -> ModelConfig:
@@ -54,22 +54,31 @@ def test_only_lora_weights_train_and_tokenizer_pads_left(tiny_model_dir):
     assert (lora.r, lora.lora_alpha) == (8, 16)
 
 
+def reference_logprobs(model, enc, temperature: float = 1.0) -> torch.Tensor:
+    """What the trainer uses as the reference: the same model with its adapters switched off."""
+    from sete_lite.logprobs import completion_logprobs
+
+    with torch.no_grad(), model.disable_adapter():
+        length = enc["input_ids"].size(1) - 1
+        return completion_logprobs(model, enc["input_ids"], enc["attention_mask"], length, temperature=temperature)[0]
+
+
 def test_reference_is_the_base_model_and_does_not_move_with_training(tiny_model_dir):
-    model, tokenizer = load_policy(config(tiny_model_dir, gradient_checkpointing=False))
+    model, tokenizer = load_policy(config(tiny_model_dir))
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     enc = batch(tokenizer, TEXTS)
     expected = policy_logprobs(base, enc)  # a separately loaded copy of the base weights
+    mask = enc["attention_mask"][:, 1:].bool()
 
-    ref_before = reference_logprobs(model, enc["input_ids"], enc["attention_mask"])
-    assert torch.equal(ref_before, expected)
+    ref_before = reference_logprobs(model, enc)
+    torch.testing.assert_close(ref_before[mask], expected[mask], rtol=0, atol=1e-5)
     policy_before = policy_logprobs(model, enc)
 
     train_steps(model, enc)
     policy_after = policy_logprobs(model, enc)
-    ref_after = reference_logprobs(model, enc["input_ids"], enc["attention_mask"])
-    mask = enc["attention_mask"][:, 1:].bool()
+    ref_after = reference_logprobs(model, enc)
     assert (policy_after - policy_before)[mask].abs().max() > 1e-3
-    assert torch.equal(ref_after, expected)
+    assert torch.equal(ref_after, ref_before)
     # The adapters are back on after the reference pass.
     assert torch.equal(policy_logprobs(model, enc), policy_after)
 
@@ -81,7 +90,7 @@ def test_reference_logprobs_temperature(tiny_model_dir):
     with torch.no_grad():
         logits = base(**enc).logits[:, :-1].double()
     expected = torch.log_softmax(logits / 0.5, -1).gather(-1, enc["input_ids"][:, 1:, None])[..., 0]
-    got = reference_logprobs(model, enc["input_ids"], enc["attention_mask"], temperature=0.5)
+    got = reference_logprobs(model, enc, temperature=0.5)
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
 
 
@@ -93,7 +102,7 @@ def test_resume_from_saved_adapter(tiny_model_dir, tmp_path):
     trained = policy_logprobs(model, enc)
     model.save_pretrained(tmp_path / "adapter")
 
-    resumed, _ = load_policy(config(tiny_model_dir, adapter_path=str(tmp_path / "adapter"), seed=123))
+    resumed, _ = load_policy(config(tiny_model_dir, adapter_path=str(tmp_path / "adapter")), seed=123)
     torch.testing.assert_close(policy_logprobs(resumed, enc), trained, atol=1e-6, rtol=0)
     assert all(p.requires_grad for n, p in resumed.named_parameters() if "lora_" in n)
 

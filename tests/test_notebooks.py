@@ -18,7 +18,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from sete_lite.atomic import read_jsonl
-from sete_lite.tiny import resolve_builtin
+from sete_lite.builtins import resolve_builtin
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"

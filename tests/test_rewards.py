@@ -36,9 +36,13 @@ def test_format_reward_wants_a_complete_box():
 
 
 def test_registry_names_and_import_paths():
-    assert resolve_reward_functions(["accuracy", "format"]) == [accuracy_reward, format_reward]
+    accuracy, format_ = resolve_reward_functions(["accuracy", "format"], answer_timeout_s=0.5)
+    # accuracy with the run's answer_timeout_s, under its own name (TRL logs rewards/<name>/mean)
+    assert (accuracy.func, accuracy.keywords, accuracy.__name__) == (accuracy_reward, {"answer_timeout_s": 0.5},
+                                                                     "accuracy_reward")  # fmt: skip
+    assert format_ is format_reward
     assert resolve_reward_functions(["sete_lite.rewards:format_reward"]) == [format_reward]
-    assert resolve_reward_functions(["sete_lite.rewards.accuracy_reward"]) == [accuracy_reward]
+    assert resolve_reward_functions(["sete_lite.rewards.accuracy_reward"])[0].func is accuracy_reward
     with pytest.raises(ValueError, match="unknown reward function 'acuracy'"):
         resolve_reward_functions(["acuracy"])
     with pytest.raises(ValueError, match="cannot import"):

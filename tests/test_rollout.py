@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sete_lite.arith.tiny import randomize_lora
 from sete_lite.model import ModelConfig, load_policy
 from sete_lite.rollout import (
     Completion,
@@ -22,7 +23,6 @@ from sete_lite.rollout import (
     cut_at_stop_string,
     make_engine,
 )
-from sete_lite.tiny import randomize_lora
 
 PROMPTS = [
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",

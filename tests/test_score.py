@@ -78,7 +78,7 @@ def test_scores_by_hand(tmp_path: Path) -> None:
     }
     engine = ScriptedEngine(script)
     cfg = ScoreConfig(se_num_samples=4, se_temperature=0.8, se_top_p=0.9, se_max_tokens=77, se_scores_dir=str(tmp_path))
-    [row] = score_dataset(engine, [record], cfg, {"model": "scripted"}, progress=False)
+    [row] = score_dataset(engine, [record], cfg, {"model": "scripted"}, seed=0, progress=False)
     assert row["answers"] == ["1.5", "\\frac{3}{2}", "2", None]
     assert row["clusters"] == [0, 0, 1, 2]
     assert row["num_clusters"] == 3
@@ -96,12 +96,12 @@ def test_resume_scores_only_what_is_missing(tmp_path: Path) -> None:
     cfg = ScoreConfig(se_num_samples=4, se_batch_size=2, se_scores_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="interrupted"):
         score_dataset(
-            ScriptedEngine(simple_script(records), fail_on_call=3), records, cfg, {"model": "m"}, progress=False
+            ScriptedEngine(simple_script(records), fail_on_call=3), records, cfg, {"model": "m"}, seed=0, progress=False
         )
     assert [r["id"] for r in read_rows(tmp_path)] == ["p0", "p1", "p2", "p3"]  # two whole batches
 
     engine = ScriptedEngine(simple_script(records))
-    rows = score_dataset(engine, records, cfg, {"model": "m"}, progress=False)
+    rows = score_dataset(engine, records, cfg, {"model": "m"}, seed=0, progress=False)
     assert [call[0] for call in engine.calls] == [["prompt 4", "prompt 5"], ["prompt 6"]]
     assert [r["id"] for r in rows] == [r["id"] for r in records]
     assert sorted(r["id"] for r in read_rows(tmp_path)) == sorted(r["id"] for r in records)
@@ -110,10 +110,10 @@ def test_resume_scores_only_what_is_missing(tmp_path: Path) -> None:
         assert row["pass_rate"] == 0.5
 
     again = ScriptedEngine(simple_script(records))
-    assert score_dataset(again, records, cfg, {"model": "m"}, progress=False) == rows
+    assert score_dataset(again, records, cfg, {"model": "m"}, seed=0, progress=False) == rows
     assert again.calls == []  # fully cached
     elsewhere = ScriptedEngine(simple_script(records))
-    score_dataset(elsewhere, records, cfg, {"model": "m"}, scores_dir=tmp_path / "run", progress=False)
+    score_dataset(elsewhere, records, cfg, {"model": "m"}, seed=0, scores_dir=tmp_path / "run", progress=False)
     assert len(elsewhere.calls) == 4 and len(read_rows(tmp_path / "run")) == 7  # another cache
 
 
@@ -122,12 +122,12 @@ def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
     cfg = ScoreConfig(se_num_samples=4, se_batch_size=2, se_scores_dir=str(tmp_path))
     with pytest.raises(RuntimeError):
         score_dataset(
-            ScriptedEngine(simple_script(records), fail_on_call=2), records, cfg, {"model": "m"}, progress=False
+            ScriptedEngine(simple_script(records), fail_on_call=2), records, cfg, {"model": "m"}, seed=0, progress=False
         )
     with open(tmp_path / "scores.jsonl", "a") as f:
         f.write('{"id": "p2", "se_discrete": 0.1, "answ')  # a write cut short by a kill
     engine = ScriptedEngine(simple_script(records))
-    score_dataset(engine, records, cfg, {"model": "m"}, progress=False)
+    score_dataset(engine, records, cfg, {"model": "m"}, seed=0, progress=False)
     assert [call[0] for call in engine.calls] == [["prompt 2", "prompt 3"], ["prompt 4"]]
     assert [r["id"] for r in read_rows(tmp_path)] == ["p0", "p1", "p2", "p3", "p4"]
 
@@ -135,7 +135,7 @@ def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
 def test_another_producer_is_refused(tmp_path: Path) -> None:
     records = make_records(3)
     cfg = ScoreConfig(se_num_samples=4, se_scores_dir=str(tmp_path))
-    score_dataset(ScriptedEngine(simple_script(records)), records, cfg, {"model": "m"}, progress=False)
+    score_dataset(ScriptedEngine(simple_script(records)), records, cfg, {"model": "m"}, seed=0, progress=False)
     before = (tmp_path / "scores.jsonl").read_bytes()
     engine = ScriptedEngine(simple_script(records))
     here, m = str(tmp_path), {"model": "m"}
@@ -149,13 +149,13 @@ def test_another_producer_is_refused(tmp_path: Path) -> None:
     ]
     for other_cfg, other_records, producer, key in changes:
         with pytest.raises(ProducerMismatchError, match=key):
-            score_dataset(engine, other_records, other_cfg, producer, progress=False)
+            score_dataset(engine, other_records, other_cfg, producer, seed=0, progress=False)
     assert engine.calls == []
     assert (tmp_path / "scores.jsonl").read_bytes() == before  # nothing mixed in
 
     (tmp_path / "producer.json").unlink()
     with pytest.raises(ProducerMismatchError, match="unknown producer"):
-        score_dataset(engine, records, cfg, {"model": "m"}, progress=False)
+        score_dataset(engine, records, cfg, {"model": "m"}, seed=0, progress=False)
 
 
 def write_config(path: Path, model_dir: Path, scores_dir: Path, **overrides: object) -> Path:
@@ -238,9 +238,8 @@ def test_cli_scores_the_chat_templated_prompts_that_training_sees(tmp_path: Path
     from transformers import AutoTokenizer
 
     from sete_lite.config import parse_config
-    from sete_lite.data import DataConfig, apply_chat_template, load_records
-    from sete_lite.model import ModelConfig
-    from sete_lite.score import model_producer, producer_record
+    from sete_lite.data import apply_chat_template, load_records
+    from sete_lite.score import config_classes, model_producer, producer_record
 
     scores_dir = tmp_path / "scores"
     config = write_config(
@@ -248,9 +247,9 @@ def test_cli_scores_the_chat_templated_prompts_that_training_sees(tmp_path: Path
         use_chat_template=True, system_prompt="Reason step by step.",
     )  # fmt: skip
     main(["--config", str(config)])
-    model_cfg, data_cfg, cfg = parse_config([ModelConfig, DataConfig, ScoreConfig], config)
+    shared, model_cfg, data_cfg, cfg, _ = parse_config(config_classes(), config)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     templated = apply_chat_template(load_records(data_cfg), tokenizer, data_cfg.system_prompt)
     # train.run applies the template before scoring, then checks the cache's producer against this record.
-    expected = producer_record(model_producer(model_cfg), templated, cfg)
+    expected = producer_record(model_producer(model_cfg), templated, cfg, seed=shared.seed)
     assert json.loads((scores_dir / "producer.json").read_text()) == expected

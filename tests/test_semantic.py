@@ -15,7 +15,7 @@ from sete_lite.semantic import (
     cluster_entropy,
     extract_answer,
     grade_answers,
-    semantic_entropy,
+    likelihood_weights,
 )
 
 
@@ -116,6 +116,12 @@ def test_grade_answers() -> None:
     answers = ["1.5", r"\frac{3}{2}", "2", None, "-3/2"]
     assert grade_answers("3/2", answers) == [True, True, False, False, False]
     assert grade_answers("72", ["72", "72.0", "27"]) == [True, True, False]
+
+
+def semantic_entropy(answers, mean_logprobs=None) -> float:
+    """SE as score.score_prompt computes it: cluster the answers, then the (weighted) cluster entropy."""
+    weights = likelihood_weights(mean_logprobs) if mean_logprobs is not None else None
+    return cluster_entropy(cluster_answers(answers), weights)
 
 
 def test_discrete_entropy_by_hand() -> None:

@@ -11,8 +11,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sete_lite.study import METHODS, mean_curve, mean_std, moving_average, policy_statistics, report
-from sete_lite.tiny import randomize_lora
+from sete_lite.arith.study import METHODS, mean_curve, mean_std, moving_average, policy_statistics, report
+from sete_lite.arith.tiny import randomize_lora
 
 SAMPLES = [  # held-out samples as sete_lite.eval records them: a stopped one ends with EOS, a cut one does not
     {"id": "a", "text": "2+2=4\n\\boxed{4}", "finish_reason": "stop"},

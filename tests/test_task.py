@@ -9,10 +9,8 @@ import re
 
 import pytest
 
-from sete_lite.data import DataConfig, load_records
-from sete_lite.semantic import extract_answer, grade_answers
-from sete_lite.task import (
-    DATA_DIR,
+from sete_lite.arith import TEST_SPLIT
+from sete_lite.arith.task import (
     MAX_STEPS,
     MAX_VALUE,
     generate,
@@ -21,6 +19,8 @@ from sete_lite.task import (
     to_record,
     write_splits,
 )
+from sete_lite.data import DataConfig, load_records
+from sete_lite.semantic import extract_answer, grade_answers
 
 WORDS = {"Add": "+", "Subtract": "-", "Multiply by": "*"}
 
@@ -91,8 +91,8 @@ def test_splits_are_disjoint():
 def test_shipped_files_are_the_generated_splits_and_load_as_records(tmp_path):
     written = write_splits(tmp_path)
     for split, path in written.items():
-        shipped = DATA_DIR / path.name
-        assert shipped.read_text() == path.read_text(), f"{shipped} is stale: run python -m sete_lite.task"
+        shipped = TEST_SPLIT.parent / path.name
+        assert shipped.read_text() == path.read_text(), f"{shipped} is stale: run python -m sete_lite.arith.task"
         records = load_records(DataConfig(dataset_name_or_path=str(shipped)))
         rows = [json.loads(line) for line in shipped.read_text().splitlines()]
         for record, row in zip(records, rows, strict=True):

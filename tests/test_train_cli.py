@@ -123,6 +123,9 @@ def test_end_to_end_two_stages(tmp_path, tiny_model_dir):
     assert (out / "adapter" / "stage-1" / "adapter_model.safetensors").exists()
     assert summary["steps"] == 4
     assert sorted(summary["eval"]) == ["before", "stage-0", "stage-1"]  # held-out scores before and per stage
+    readme = (out / "README.md").read_text()  # the run's own README, not TRL's model-card boilerplate
+    assert "mode `sent`" in readme and "### stage-1" in readme and "--resume" in readme
+    assert "Model Card" not in readme
     for name in summary["eval"]:
         samples = read_jsonl(out / "eval" / name / "samples.jsonl")
         assert len(samples) == 3 * 2 and len({s["id"] for s in samples}) == 3  # 3 problems x 2 samples
@@ -187,6 +190,17 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, tiny_model_dir
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-4, atol=1e-5)
 
 
+def test_a_resume_refuses_a_checkpoint_of_another_curriculum(tmp_path, tiny_model_dir):
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, max_steps=2)  # stops inside stage 0
+    out = tmp_path / "run"
+    main(["--config", str(config), "--output-dir", str(out)])
+    saved = json.loads((out / "checkpoint-2" / "curriculum.json").read_text())
+    assert saved["epochs_per_stage"] == 1 and len(saved["stages"]) == 2
+    for change in ("shuffle_within_stage=false", "epochs_per_stage=3", "num_stages=4"):
+        with pytest.raises(ValueError, match="different curriculum"):
+            main(["--config", str(config), "--output-dir", str(out), "--resume", "--set", change])
+
+
 @pytest.mark.parametrize(
     ("overrides", "error", "message"),
     [
@@ -233,9 +247,9 @@ def test_metrics_keep_the_off_policy_steps_and_drop_the_training_summary(tmp_pat
     from types import SimpleNamespace
 
     from sete_lite.atomic import read_jsonl
-    from sete_lite.rundir import RunRecorder
+    from sete_lite.rundir import RunDir, RunRecorder
 
-    recorder = RunRecorder(tmp_path, "builtin:arith-qwen2")
+    recorder = RunRecorder(RunDir(tmp_path), "builtin:arith-qwen2")
     logs = [
         (1, {"reward": 0.5, "entropy": 0.2, "loss": 0.1}),  # a step that generated rollouts
         (2, {"entropy": 0.3, "loss": 0.2, "clip_ratio": 0.05}),  # the second step on the same rollouts
@@ -248,13 +262,14 @@ def test_metrics_keep_the_off_policy_steps_and_drop_the_training_summary(tmp_pat
 
 
 def test_summary_lists_held_out_scores_in_stage_order_and_prints_the_change(tmp_path: Path, capsys) -> None:
+    from sete_lite.rundir import RunDir
     from sete_lite.train import summarize
 
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.5, "entropy": 0.1}) + "\n")
     for name, avg in [("stage-10", 0.6), ("before", 0.4), ("stage-2", 0.5), ("stage-0", 0.45)]:
         (tmp_path / "eval" / name).mkdir(parents=True)
         (tmp_path / "eval" / name / "results.json").write_text(json.dumps({"average": {"avg": avg}}))
-    summary = summarize(tmp_path, 1.0)
+    summary = summarize(RunDir(tmp_path), 1.0)
     assert list(summary["eval"]) == ["before", "stage-0", "stage-2", "stage-10"]
     expected = "held-out accuracy (mean over samples): before 40.0% -> stage-0 45.0% -> stage-2 50.0% -> stage-10 60.0%"
     assert expected in capsys.readouterr().out

@@ -9,13 +9,14 @@ import torch
 from datasets import Dataset
 from support_rewards import length_reward
 
+from sete_lite.curriculum import CurriculumConfig
 from sete_lite.loss import MODES, LossConfig, policy_loss
 from sete_lite.model import ModelConfig, load_policy
 from sete_lite.rollout import TransformersEngine
 from sete_lite.trainer import SENTConfig, SENTTrainer
 
 
-def make_trainer(model_dir, tmp_path, *, steps=2, stages=None, **overrides):
+def make_trainer(model_dir, tmp_path, *, steps=2, stages=None, epochs_per_stage=1, **overrides):
     model, tokenizer = load_policy(
         ModelConfig(
             model_name_or_path=str(model_dir),
@@ -23,7 +24,6 @@ def make_trainer(model_dir, tmp_path, *, steps=2, stages=None, **overrides):
             load_in_4bit=False,
             lora_r=4,
             lora_alpha=8,
-            gradient_checkpointing=False,
         )
     )
     rows = [
@@ -40,7 +40,6 @@ def make_trainer(model_dir, tmp_path, *, steps=2, stages=None, **overrides):
         report_to="none",
         use_cpu=True,
         save_strategy="no",
-        epochs_per_stage=1,
         bf16=False,
         seed=3,
         high_cov_ratio=0.2,
@@ -60,6 +59,7 @@ def make_trainer(model_dir, tmp_path, *, steps=2, stages=None, **overrides):
         processing_class=tokenizer,
         rollout_engine=TransformersEngine(model, tokenizer),
         curriculum_stages=stages,
+        curriculum=CurriculumConfig(epochs_per_stage=epochs_per_stage),
     )
     return trainer, model, tokenizer
 
@@ -77,7 +77,7 @@ def recomputed_loss(trainer) -> float:
     """policy_loss on the tensors the trainer's last loss saw, with the trainer's LossConfig."""
     seen = trainer.last_loss_inputs
     names = ("logp", "old_logp", "ref_logp", "advantages", "entropy", "mask")
-    loss, _ = policy_loss(*(seen[name] for name in names), trainer.loss_config)
+    loss, _ = policy_loss(*(seen[name] for name in names), trainer.args)
     return loss.item()
 
 
@@ -133,7 +133,7 @@ def test_every_loss_mode_runs_through_the_trainer(tiny_model_dir, tmp_path, mode
     trainer, _, _ = make_trainer(tiny_model_dir, tmp_path, steps=1, mode=mode)
     trainer.train()
     seen = trainer.last_loss_inputs
-    assert (seen["ref_logp"] is not None) == trainer.loss_config.needs_reference()
+    assert (seen["ref_logp"] is not None) == trainer.args.needs_reference()
     if mode != "clip_cov":  # clip_cov draws its detached tokens at random
         assert seen["loss"].item() == pytest.approx(recomputed_loss(trainer), rel=1e-6, abs=1e-9)
     logged = trainer.state.log_history[0]
@@ -148,12 +148,16 @@ def test_curriculum_trains_stage_by_stage(tiny_model_dir, tmp_path):
     logged = [row["curriculum/stage"] for row in trainer.state.log_history if "curriculum/stage" in row]
     assert logged == [0.0, 0.0, 1.0, 1.0]
     assert [trainer.stage_of_step(s) for s in range(4)] == [0, 0, 1, 1]
+    assert trainer.args.num_train_epochs == 1  # one pass of the curriculum sampler is the whole run
 
 
 def test_config_loss_defaults_are_loss_config_defaults():
-    # SENTConfig repeats LossConfig's fields (TRL users set them on the config): same defaults.
+    # SENTConfig inherits LossConfig's fields (TRL users set them on the config): the same values.
     for mode in MODES:
-        assert SENTConfig(output_dir="x", mode=mode, use_cpu=True).loss_config() == LossConfig(mode=mode)
+        config = SENTConfig(output_dir="x", mode=mode, use_cpu=True)
+        expected = LossConfig(mode=mode)
+        assert isinstance(config, LossConfig)
+        assert all(getattr(config, f.name) == getattr(expected, f.name) for f in dataclasses.fields(LossConfig))
 
 
 def test_config_validates_loss_fields_early():
@@ -161,7 +165,7 @@ def test_config_validates_loss_fields_early():
         SENTConfig(output_dir="x", mode="ppo", use_cpu=True)
     cfg = SENTConfig(output_dir="x", mode="sent_code", use_cpu=True)
     assert (cfg.beta, cfg.kl_cov_ratio, cfg.ppo_kl_coef) == (0.001, 0.0002, 0.1)
-    loss_fields = {f.name for f in dataclasses.fields(cfg.loss_config())}
+    loss_fields = {f.name for f in dataclasses.fields(LossConfig)}
     assert loss_fields <= {f.name for f in dataclasses.fields(SENTConfig)}
 
 
@@ -207,3 +211,33 @@ def test_no_old_logprob_pass_when_unsloth_forces_use_vllm(tiny_model_dir, tmp_pa
     no_grad_passes = calls.count(False)
     assert no_grad_passes == (2 if correction else 1)  # reference (+ old log-probs with the correction)
     assert calls.count(True) == 1
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo"])
+def test_loss_type_normalises_over_the_accumulated_batch_as_trl_does(tiny_model_dir, tmp_path, loss_type):
+    """Two micro-batches per optimizer step: dapo divides every token's loss by the valid tokens of
+    both (TRL's num_items_in_batch), bnpo by each micro-batch's own, then by the 2 accumulation steps."""
+    trainer, _, _ = make_trainer(
+        tiny_model_dir, tmp_path, steps=1, mode="grpo", loss_type=loss_type,
+        per_device_train_batch_size=4, gradient_accumulation_steps=2,
+    )  # fmt: skip
+    seen = []
+    original = trainer.compute_loss
+
+    def capture(model_, inputs, *args, **kwargs):
+        loss = original(model_, inputs, *args, **kwargs)
+        mask = inputs["completion_mask"].double()
+        # On-policy grpo: every valid token's loss is -A of its sequence.
+        per_token = -inputs["advantages"].double()[:, None] * mask
+        seen.append((loss.item(), per_token.sum().item(), mask.sum().item()))
+        return loss
+
+    trainer.compute_loss = capture
+    trainer.train()
+    assert len(seen) == 2
+    returned = sum(loss for loss, _, _ in seen)
+    if loss_type == "dapo":
+        expected = sum(total for _, total, _ in seen) / sum(tokens for _, _, tokens in seen)
+    else:
+        expected = sum(total / tokens for _, total, tokens in seen) / 2
+    assert returned == pytest.approx(expected, rel=1e-5, abs=1e-7)

@@ -9,11 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sete_lite.arith import CHECKPOINT
+from sete_lite.arith.task import heldout_accuracy, make_splits
+from sete_lite.arith.tiny import build_tokenizer
+from sete_lite.arith.warmstart import WarmstartConfig, build, collate, learning_rate, training_pairs
+from sete_lite.builtins import resolve_builtin
 from sete_lite.model import ModelConfig, load_policy
 from sete_lite.rollout import TransformersEngine
-from sete_lite.task import heldout_accuracy, make_splits
-from sete_lite.tiny import ASSETS_DIR, build_tokenizer, resolve_builtin
-from sete_lite.warmstart import WarmstartConfig, build, collate, learning_rate, training_pairs
 
 SMALL = {"hidden_size": 64, "num_layers": 1, "num_heads": 1, "num_kv_heads": 1, "intermediate_size": 128}
 
@@ -65,10 +67,9 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
     assert learning_rate(cfg, 100) == pytest.approx(0.1)
 
 
-@pytest.mark.skipif(not (ASSETS_DIR / "arith-qwen2" / "config.json").exists(), reason="model not shipped")
 def test_shipped_model_loads_as_builtin_and_reaches_its_recorded_accuracy():
-    assert resolve_builtin("builtin:arith-qwen2") == str(ASSETS_DIR / "arith-qwen2")
-    recorded = json.loads((ASSETS_DIR / "arith-qwen2" / "warmstart.json").read_text())["heldout"]
+    assert resolve_builtin("builtin:arith-qwen2") == str(CHECKPOINT)
+    recorded = json.loads((CHECKPOINT / "warmstart.json").read_text())["heldout"]
     model, tokenizer = load_policy(
         ModelConfig(model_name_or_path="builtin:arith-qwen2", backend="transformers", load_in_4bit=False)
     )

@@ -1,10 +1,10 @@
-"""`python -m sete_lite.study`: SENT against its baselines on the built-in arithmetic task, at an equal budget.
+"""`python -m sete_lite.arith.study`: SENT against its baselines on the built-in arithmetic task, at an equal budget.
 
 This module owns the toy study of docs/results/toy_study.md. Every method trains the same
 warm-started base model (`builtin:arith-qwen2`) through the normal pipeline (`sete_lite.train.run`:
 SE scoring, curriculum, SENTTrainer) with the same steps, prompts per step, rollouts per prompt and
 completion length; only the loss mode and the curriculum switch differ (METHODS). After training,
-each run is measured on the held-out split (data/arith_test.jsonl):
+each run is measured on the held-out split (builtin:arith-test):
 
 - Avg@8 and Pass@8 (and Pass@1) through sete_lite.eval's unbiased estimator, temperature 1.0;
 - on those held-out samples: mean token entropy, mean entropy over the low-entropy set (the lowest
@@ -15,8 +15,8 @@ each run is measured on the held-out split (data/arith_test.jsonl):
 Each run writes result.json in its directory and is skipped when that file exists, so an
 interrupted study resumes and the tables and plots are rebuilt from the JSON without retraining:
 
-    python -m sete_lite.study --out docs/results/toy_study            # the sweep, then methods x seeds
-    python -m sete_lite.study --out docs/results/toy_study --report   # tables and plots from result.json
+    python -m sete_lite.arith.study --out docs/results/toy_study            # the sweep, then methods x seeds
+    python -m sete_lite.arith.study --out docs/results/toy_study --report   # tables and plots from result.json
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
+from sete_lite.arith import DEFAULT_CONFIG
 from sete_lite.atomic import write_text
-from sete_lite.train import DEFAULT_CONFIG
 
-# The methods of the paper's comparison (SENT.md section 3) as config overrides of the default run.
+# The methods of the paper's comparison (docs/method.md, section 4) as config overrides of the default run.
 # Curriculum-free methods use TRL's shuffled sampler over the same prompts and the same max_steps.
 METHODS: dict[str, dict[str, Any]] = {
     "grpo": {"mode": "grpo", "curriculum": False},
@@ -55,8 +55,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "grpo_2_steps_per_batch": {"mode": "grpo", "curriculum": False, "steps_per_generation": 2},
     "kl_cov_2_steps_per_batch": {"mode": "kl_cov", "curriculum": False, "steps_per_generation": 2},
 }
-# The coefficients the paper leaves open (SENT.md section 2): kappa = high_cov_ratio, beta_low, beta_high.
-# The first point is the provisional default of SENT.md; then kappa varies at those betas, and the KL
+# The coefficients the paper leaves open (docs/method.md#defaults): kappa = high_cov_ratio, beta_low, beta_high.
+# The first point is the provisional default; then kappa varies at those betas, and the KL
 # scale (beta_high = 4 beta_low, as the released code's 2.0 / 0.5) varies at that kappa.
 SWEEP_POINTS = [(0.002, 0.01, 0.04), (0.02, 0.01, 0.04), (0.2, 0.01, 0.04), (0.002, 0.1, 0.4), (0.002, 0.5, 2.0)]
 SWEEP: dict[str, dict[str, Any]] = {
@@ -80,42 +80,38 @@ LOW_ENTROPY_QUANTILE = 0.8  # T_low = the lowest 80% of tokens by entropy, as in
 
 @torch.no_grad()
 def policy_statistics(model: Any, tokenizer: Any, samples: list[dict], prompts: dict[str, str]) -> dict[str, float]:
-    """Entropy, low-entropy-set entropy, KL(pi || ref) and length over sampled held-out completions.
+    """Entropy, low-entropy-set entropy, KL(pi || ref) and length over sampled held-out completions,
+    computed as the trainer computes them (sete_lite.logprobs.completion_logprobs; the reference =
+    the adapters switched off).
 
     The completions are re-tokenized from their text (the character-level tokenizer round-trips
     exactly) plus the EOS that ended them.
     """
+    from sete_lite.logprobs import completion_logprobs
     from sete_lite.rollout import adapters, encode_prompts
 
     entropies, log_ratios, lengths = [], [], []
     model.eval()
     for start in range(0, len(samples), 32):
-        batch = samples[start : start + 32]
-        rows, spans = [], []
-        for s in batch:
-            prompt_ids = encode_prompts(tokenizer, [prompts[s["id"]]])[0]
+        rows, completion_lengths = [], []
+        for s in samples[start : start + 32]:
             completion = tokenizer(s["text"], add_special_tokens=False)["input_ids"]
             if s["finish_reason"] == "stop":
                 completion.append(tokenizer.eos_token_id)
-            rows.append(prompt_ids + completion)
-            spans.append((len(prompt_ids), len(completion)))
-        width = max(map(len, rows))
-        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            rows.append(encode_prompts(tokenizer, [prompts[s["id"]]])[0] + completion)
+            completion_lengths.append(len(completion))
+        # Left-padded, so every completion ends the row, as in the trainer's batches.
+        width, k = max(map(len, rows)), max(completion_lengths)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        logp, entropy = completion_logprobs(model, ids, mask, k)
         with adapters(model, False):
-            ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-        for row, (p, n) in enumerate(spans):
-            if n == 0:
-                continue
-            positions = torch.arange(p - 1, p + n - 1)  # the logits at t predict token t + 1
-            targets = ids[row, p : p + n]
-            step = logp[row, positions]
-            entropies.append(-(step.exp() * step).sum(-1))
-            log_ratios.append(
-                step.gather(-1, targets[:, None])[:, 0] - ref[row, positions].gather(-1, targets[:, None])[:, 0]
-            )
-            lengths.append(n)
+            ref, _ = completion_logprobs(model, ids, mask, k)
+        for row, n in enumerate(completion_lengths):
+            if n:
+                entropies.append(entropy[row, k - n :])
+                log_ratios.append(logp[row, k - n :] - ref[row, k - n :])
+                lengths.append(n)
     entropy = torch.cat(entropies)
     low = entropy.sort().values[: max(1, math.floor(LOW_ENTROPY_QUANTILE * len(entropy)))]
     return {
@@ -128,21 +124,20 @@ def policy_statistics(model: Any, tokenizer: Any, samples: list[dict], prompts: 
 
 def load_trained(settings: list[str], adapter: Path | None) -> tuple[Any, Any]:
     """The default config's policy (with `settings` applied), with a run's saved adapter when given."""
-    from sete_lite.config import parse_config
-    from sete_lite.model import ModelConfig, load_policy
-    from sete_lite.train import config_classes
+    from sete_lite.model import load_policy
+    from sete_lite.train import parse_train_config
 
-    configs = parse_config(config_classes(), DEFAULT_CONFIG, settings)
-    model_cfg = next(c for c in configs if isinstance(c, ModelConfig))
+    configs = parse_train_config(DEFAULT_CONFIG, settings)
+    model_cfg = configs.model
     if adapter is not None:
         model_cfg = dataclasses.replace(model_cfg, adapter_path=str(adapter))
-    return load_policy(model_cfg)
+    return load_policy(model_cfg, seed=configs.shared.seed)
 
 
 def measure(model: Any, tokenizer: Any, seed: int) -> dict[str, float]:
     """Held-out Avg@8 / Pass@1 / Pass@8 and the policy statistics of one policy."""
+    from sete_lite.arith.task import heldout_accuracy
     from sete_lite.rollout import TransformersEngine
-    from sete_lite.task import heldout_accuracy
 
     heldout = heldout_accuracy(TransformersEngine(model, tokenizer), seed=seed, save_texts=True, progress=False)
     stats = policy_statistics(model, tokenizer, heldout["samples"], heldout["prompts"])
@@ -156,21 +151,26 @@ def score_once(out: Path, seed: int, settings: list[str]) -> Path:
     enters ScoreConfig), so each seed is scored once, before the runs, and copied into each run
     directory, where train.run checks that their producer matches its own.
     """
-    from sete_lite.config import parse_config
     from sete_lite.data import load_records, policy_prompts
     from sete_lite.model import load_policy
     from sete_lite.rollout import make_engine
     from sete_lite.score import model_producer, score_dataset
-    from sete_lite.train import config_classes
+    from sete_lite.train import parse_train_config
 
     scores_dir = out / "se_scores" / f"seed{seed}"
-    model_cfg, data_cfg, score_cfg, run_cfg, *_ = parse_config(
-        config_classes(), DEFAULT_CONFIG, [*settings, f"seed={seed}"]
+    cfg = parse_train_config(DEFAULT_CONFIG, [*settings, f"seed={seed}"])
+    model, tokenizer = load_policy(cfg.model, seed=seed)
+    engine = make_engine(cfg.shared.rollout_engine, model, tokenizer, cfg.model, seed=seed)
+    records = policy_prompts(load_records(cfg.data), tokenizer, cfg.data)
+    score_dataset(
+        engine,
+        records,
+        cfg.score,
+        model_producer(cfg.model),
+        seed=seed,
+        answer_timeout_s=cfg.shared.answer_timeout_s,
+        scores_dir=scores_dir,
     )
-    model, tokenizer = load_policy(model_cfg)
-    engine = make_engine(run_cfg.rollout_engine, model, tokenizer, model_cfg, seed=seed)
-    records = policy_prompts(load_records(data_cfg), tokenizer, data_cfg)
-    score_dataset(engine, records, score_cfg, model_producer(model_cfg), scores_dir=scores_dir)
     return scores_dir
 
 
@@ -178,6 +178,7 @@ def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]
     """Train one method with one seed (the normal `python -m sete_lite.train` path, its output in
     train.log), evaluate the saved adapter on the held-out split, and write result.json."""
     from sete_lite.atomic import read_jsonl
+    from sete_lite.rundir import RunDir
     from sete_lite.train import main as train
 
     torch.set_num_threads(1)
@@ -185,13 +186,14 @@ def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]
     run_dir = out / "runs" / name / f"seed{seed}"
     settings = [f"{k}={v}" for k, v in overrides.items()] + [f"seed={seed}", *extra]
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run restarts from scratch
-    shutil.copytree(out / "se_scores" / f"seed{seed}", run_dir / "se_scores")
+    layout = RunDir(run_dir)
+    shutil.copytree(out / "se_scores" / f"seed{seed}", layout.se_scores)
     started = time.perf_counter()
     with open(run_dir / "train.log", "w") as log, redirect_stdout(log), redirect_stderr(log):
         summary = train(["--output-dir", str(run_dir), *(a for s in settings for a in ("--set", s))])
-        model, tokenizer = load_trained(settings, run_dir / "adapter")
+        model, tokenizer = load_trained(settings, layout.adapter)
         measured = measure(model, tokenizer, seed)
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(layout.metrics)
     result = {
         "method": name,
         "seed": seed,
@@ -379,7 +381,7 @@ def report(out: Path, seeds: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sete_lite.study", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sete_lite.arith.study", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results/toy_study"), help="study directory")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sweep-seeds", type=int, nargs="+", default=[0, 1])

@@ -2,8 +2,9 @@
 
 This module owns the procedural task that lets the CPU default run *learn* (no pretrained model can
 be downloaded here): problem generation with a difficulty knob, the worked solutions the base model
-is warm-started on (sete_lite.warmstart), the train / held-out splits shipped as data/arith_*.jsonl,
-and `heldout_accuracy`, the before/after accuracy of a run on the held-out split.
+is warm-started on (sete_lite.arith.warmstart), the train / held-out splits shipped in
+sete_lite/arith/data (builtin:arith-train, builtin:arith-test), and `heldout_accuracy`, the
+before/after accuracy of a run on the held-out split.
 
 A problem is a chain of 1..4 operations on a running integer, e.g.
 
@@ -18,24 +19,25 @@ value stays in [0, MAX_VALUE], so a tiny character-level model can learn the ari
 Splits are drawn from one generator by seed; a split can exclude the questions of another
 (`exclude`), which keeps the held-out split disjoint from the training and warm-start data.
 
-    python -m sete_lite.task --out data        # writes data/arith_train.jsonl and data/arith_test.jsonl
+    python -m sete_lite.arith.task       # rewrites sete_lite/arith/data/arith_train.jsonl and arith_test.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sete_lite.arith import TEST_SPLIT
+from sete_lite.atomic import write_jsonl
+
 MAX_VALUE = 99
 MAX_STEPS = 4
-# The shipped splits: seeds and sizes (data/arith_*.jsonl). Warm-start data uses its own seed.
+# The shipped splits: seeds and sizes (sete_lite/arith/data/arith_*.jsonl). Warm-start data uses its own seed.
 SPLITS = {"train": (1, 256), "test": (2, 128)}
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 # (word in the question, symbol in the solution)
 OPERATIONS = {"add": ("Add", "+"), "sub": ("Subtract", "-"), "mul": ("Multiply by", "*")}
@@ -139,13 +141,6 @@ def to_record(problem: Problem, split: str, index: int) -> dict[str, Any]:
     }
 
 
-def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 def make_splits() -> dict[str, list[Problem]]:
     """The shipped splits: the held-out split first, then the training split drawn around it."""
     test_seed, test_size = SPLITS["test"]
@@ -155,19 +150,19 @@ def make_splits() -> dict[str, list[Problem]]:
     return {"train": train, "test": test}
 
 
-def write_splits(out_dir: str | Path = DATA_DIR) -> dict[str, Path]:
+def write_splits(out_dir: str | Path = TEST_SPLIT.parent) -> dict[str, Path]:
     """Write arith_train.jsonl and arith_test.jsonl to `out_dir`; return their paths."""
-    return {
-        split: write_jsonl(
-            [to_record(p, split, i) for i, p in enumerate(problems)], Path(out_dir) / f"arith_{split}.jsonl"
-        )
-        for split, problems in make_splits().items()
-    }
+    paths = {}
+    for split, problems in make_splits().items():
+        paths[split] = Path(out_dir) / f"arith_{split}.jsonl"
+        paths[split].parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(paths[split], [to_record(p, split, i) for i, p in enumerate(problems)])
+    return paths
 
 
 def heldout_accuracy(
     engine: Any,
-    path: str | Path = DATA_DIR / "arith_test.jsonl",
+    path: str | Path = TEST_SPLIT,
     *,
     num_samples: int = 8,
     max_tokens: int = 64,
@@ -194,18 +189,21 @@ def heldout_accuracy(
         eval_batch_size=16,
         eval_max_problems=max_problems,
         eval_save_texts=save_texts,
-        seed=seed,
     )
     benchmarks = load_benchmarks(cfg)
-    results = evaluate(engine, benchmarks, cfg, use_adapter=use_adapter, progress=progress)
+    results = evaluate(engine, benchmarks, cfg, seed=seed, use_adapter=use_adapter, progress=progress)
     scores = next(iter(results["benchmarks"].values()))
     prompts = {r["id"]: r["prompt"] for r in next(iter(benchmarks.values()))}
     return {**scores, "seconds": results["seconds"], "samples": results["samples"], "prompts": prompts}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sete_lite.task", description="Write the arithmetic task's splits.")
-    parser.add_argument("--out", type=Path, default=DATA_DIR, help="directory for arith_train.jsonl / arith_test.jsonl")
+    parser = argparse.ArgumentParser(
+        prog="python -m sete_lite.arith.task", description="Write the arithmetic task's splits."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=TEST_SPLIT.parent, help="directory for arith_train.jsonl / arith_test.jsonl"
+    )
     args = parser.parse_args(argv)
     for split, path in write_splits(args.out).items():
         print(f"{split}: {path}")

@@ -4,7 +4,8 @@ The machines that run the tests and CI cannot reach a model hub, and no pretrain
 on PyPI. `build_tiny_model` writes a small random Qwen2ForCausalLM plus a tokenizer to a directory
 with `save_pretrained`, so `AutoModelForCausalLM.from_pretrained(dir)`, `AutoTokenizer.from_pretrained
 (dir)` and vLLM load it exactly like a hub checkpoint. It backs the tests, the benchmarks and the
-trainer's tiny CPU default config.
+warm start of the built-in arithmetic model. `randomize_lora` gives an adapter weights that move
+the policy (a fresh one's lora_B is zero), for tests and benchmarks.
 
 The tokenizer maps one character to one token (printable ASCII, newline, tab; any other character
 is dropped) plus the Qwen chat specials, so the vocabulary stays ~100 tokens and CPU generation is
@@ -13,8 +14,6 @@ fast, while LaTeX answers such as `\\boxed{\\frac{1}{2}}` still round-trip exact
 
 from __future__ import annotations
 
-import os
-import shutil
 import string
 from pathlib import Path
 
@@ -118,43 +117,3 @@ def randomize_lora(model: torch.nn.Module, seed: int, scale: float = 0.5, *, mat
         for name, param in model.named_parameters():
             if matrices in name:
                 param.copy_((torch.randn(param.shape, generator=generator) * scale).to(param.device, param.dtype))
-
-
-def build_arith_model(out_dir: str | Path) -> Path:
-    """The warm-started arithmetic model (sete_lite.warmstart); imported lazily, it imports this module."""
-    from sete_lite.warmstart import build
-
-    return build(out_dir)
-
-
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = {"tiny-qwen2": build_tiny_model, "arith-qwen2": build_arith_model}
-# Built-in models that ship with the package (built by their BUILTIN_MODELS entry, then committed):
-# used as they are, never rebuilt.
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-
-
-def resolve_builtin(name_or_path: str, cache_dir: str | Path | None = None) -> str:
-    """A `builtin:NAME` model becomes a local directory, built on first use; anything else is returned as is.
-
-    A model shipped in sete_lite/assets/NAME is returned directly.
-
-    Built models are cached under `cache_dir` (default $SETE_LITE_CACHE or ~/.cache/sete_lite) and
-    written to a temporary sibling first, so an interrupted build is never mistaken for a model.
-    """
-    if not name_or_path.startswith(BUILTIN_PREFIX):
-        return name_or_path
-    name = name_or_path[len(BUILTIN_PREFIX) :]
-    if name not in BUILTIN_MODELS:
-        raise ValueError(f"unknown built-in model '{name}'; built-in models: {sorted(BUILTIN_MODELS)}")
-    if (ASSETS_DIR / name / "config.json").exists():
-        return str(ASSETS_DIR / name)
-    cache = Path(cache_dir or os.environ.get("SETE_LITE_CACHE", "~/.cache/sete_lite")).expanduser()
-    target = cache / name
-    if not (target / "config.json").exists():
-        partial = cache / f".{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        BUILTIN_MODELS[name](partial)
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
-    return str(target)

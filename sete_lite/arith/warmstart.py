@@ -1,9 +1,9 @@
-"""`python -m sete_lite.warmstart --out DIR`: the built-in base model, warm-started on the arithmetic task.
+"""`python -m sete_lite.arith.warmstart`: the built-in base model, warm-started on the arithmetic task.
 
 This module owns the deterministic build of `builtin:arith-qwen2`: a small random Qwen2 (the
-architecture family of the real presets, `sete_lite.tiny.build_tiny_model`, character-level
+architecture family of the real presets, `sete_lite.arith.tiny.build_tiny_model`, character-level
 tokenizer) trained by supervised fine-tuning on worked solutions of the arithmetic task
-(`sete_lite.task`), then saved with `save_pretrained` so that `load_policy` loads it like a hub
+(`sete_lite.arith.task`), then saved with `save_pretrained` so that `load_policy` loads it like a hub
 checkpoint. The warm start is stopped early on purpose: the base model solves a fair share of the
 held-out problems at temperature 1.0 but far from all, so RL has room to improve it.
 
@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sete_lite.arith import CHECKPOINT
+from sete_lite.arith.task import SPLITS, generate, make_splits
 from sete_lite.data import DEFAULT_PROMPT_TEMPLATE
-from sete_lite.task import SPLITS, generate, make_splits
 
 
 @dataclass
@@ -45,7 +46,7 @@ class WarmstartConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.01
     seed: int = 0
-    data_seed: int = 3  # not a split seed of sete_lite.task.SPLITS
+    data_seed: int = 3  # not a split seed of sete_lite.arith.task.SPLITS
 
 
 def training_pairs(cfg: WarmstartConfig) -> list[tuple[str, str]]:
@@ -86,7 +87,7 @@ def build(out_dir: str | Path, cfg: WarmstartConfig | None = None, *, progress: 
     """Build the random model, fine-tune it on worked solutions, save it (and warmstart.json) to `out_dir`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sete_lite.tiny import build_tiny_model
+    from sete_lite.arith.tiny import build_tiny_model
 
     cfg = cfg or WarmstartConfig()
     out_dir = Path(out_dir)
@@ -136,11 +137,11 @@ def build(out_dir: str | Path, cfg: WarmstartConfig | None = None, *, progress: 
 
 
 def heldout_scores(model_dir: str | Path, max_problems: int | None = None) -> dict[str, Any]:
-    """Avg@8 / Pass@k of a saved model on the held-out split (sete_lite.task.heldout_accuracy)."""
+    """Avg@8 / Pass@k of a saved model on the held-out split (sete_lite.arith.task.heldout_accuracy)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sete_lite.arith.task import heldout_accuracy
     from sete_lite.rollout import TransformersEngine
-    from sete_lite.task import heldout_accuracy
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
@@ -149,8 +150,10 @@ def heldout_scores(model_dir: str | Path, max_problems: int | None = None) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sete_lite.warmstart", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="directory to write the model to")
+    parser = argparse.ArgumentParser(prog="python -m sete_lite.arith.warmstart", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--out", type=Path, default=CHECKPOINT, help="directory to write the model to (default: the shipped one)"
+    )
     parser.add_argument("--steps", type=int, default=WarmstartConfig.steps, help="supervised steps")
     parser.add_argument("--eval", action="store_true", help="measure held-out accuracy; record it in warmstart.json")
     args = parser.parse_args(argv)
