@@ -312,7 +312,7 @@ def smoke_run(ctx: Context, backend_sets: list[str]) -> dict[str, Any]:
         "argv": argv,
         "wall_s": round(wall, 1),
         "steps": steps,
-        "summary": {k: summary.get(k) for k in ("steps", "reward_first", "reward_last", "mean_step_time", "eval")},
+        "summary": {k: summary.get(k) for k in ("steps", "reward_mean_by_stage", "mean_step_time", "eval")},
         # SENTTrainer's base: UnslothGRPOTrainer where Unsloth rewrote TRL's trainer (GPU), else GRPOTrainer.
         "trainer_base_class": trainer_module.SENTTrainer.__mro__[1].__name__ if trainer_module else None,
         "unsloth_imported": "unsloth" in sys.modules,

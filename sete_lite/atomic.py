@@ -6,21 +6,41 @@ through these functions.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def naming_full_disk(path: Path) -> Iterator[None]:
+    """A full disk is reported with the file that could not be written (the OSError alone names none)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC, f"no space left on the device writing {path}; free some space and rerun"
+            ) from None
+        raise
 
 
 def write_text(path: Path, text: str) -> None:
     """Write a whole file or nothing: a synced temp file in the same directory, then os.replace."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with naming_full_disk(path):
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)  # never leave a half-written temp file behind
+            raise
+        os.replace(tmp, path)
 
 
 def jsonl_lines(rows: Iterable[dict]) -> str:
@@ -34,7 +54,7 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Append whole lines in one write, synced before returning: a crash leaves at most a torn last line."""
-    with open(path, "a") as f:
+    with naming_full_disk(path), open(path, "a") as f:
         f.write(jsonl_lines(rows))
         f.flush()
         os.fsync(f.fileno())
@@ -51,6 +71,21 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             break
     return rows
+
+
+def check_writable_dir(path: Path, key: str) -> None:
+    """Fail before any work when `path` (config key or flag `key`) cannot take the outputs: a file
+    where a directory is needed, or a directory this process may not write to."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{key} '{path}' is a file, not a directory; give a directory (it is created)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".sete_lite_write_check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"{key} '{path}' is not writable ({error.strerror}); give a writable directory") from None
 
 
 def replace_dir(target: Path, build: Callable[[Path], None]) -> Path:

@@ -1,9 +1,12 @@
-"""`builtin:NAME`: models, datasets and configs that an installed package ships, found by name.
+"""Where a named model, dataset or config comes from: `builtin:NAME`, a local path, or the hub.
 
-A package registers each one as an entry point in the group "sete_lite.builtins" whose object is the
-path of what it ships (pyproject.toml: `arith-qwen2 = "sete_lite.arith:CHECKPOINT"`). Resolving a
-name loads only that entry point, so the library never imports a package of built-ins itself, and
-another package can add its own the same way.
+`builtin:NAME` is something an installed package ships: a package registers each one as an entry
+point in the group "sete_lite.builtins" whose object is the path of what it ships (pyproject.toml:
+`arith-qwen2 = "sete_lite.arith:CHECKPOINT"`). Resolving a name loads only that entry point, so the
+library never imports a package of built-ins itself, and another package can add its own.
+
+`check_hub_name` asks the Hugging Face Hub once, without retries, whether a name that is not a
+local path exists there, so that a typo fails in a second instead of after a minute of retries.
 """
 
 from __future__ import annotations
@@ -31,3 +34,30 @@ def resolve_builtin(name_or_path: str) -> str:
             f"points of the group '{GROUP}': is sete_lite installed, e.g. pip install -e .?)"
         )
     return str(found[0].load())
+
+
+def check_hub_name(name: str, repo_type: str, key: str) -> None:
+    """Fail at once when `name` (config key `key`) is neither a local path nor a `repo_type` ("model" or
+    "dataset") repository the hub has or the local hub cache holds."""
+    import os
+    from pathlib import Path
+
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if Path(name).exists():
+        return
+    marker = "config.json" if repo_type == "model" else "README.md"
+    if isinstance(try_to_load_from_cache(name, marker, repo_type=repo_type), str):
+        return  # downloaded before: usable offline
+    example = "Qwen/Qwen2.5-1.5B-Instruct" if repo_type == "model" else "open-r1/DAPO-Math-17k-Processed"
+    advice = f"give an existing local directory or file, or a hub name such as '{example}'"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(f"{key} '{name}' is not a local path nor in the hub cache (HF_HUB_OFFLINE=1); {advice}")
+    try:
+        info = HfApi().model_info if repo_type == "model" else HfApi().dataset_info
+        info(name, timeout=10)
+    except Exception as error:  # not found, private, malformed name, or no network: the hub cannot give it
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+        raise FileNotFoundError(
+            f"{key} '{name}' is not a local path, and the Hugging Face Hub was tried: {reason}; {advice}"
+        ) from None

@@ -68,23 +68,45 @@ def check_known_keys(keys: typing.Iterable[str], valid: typing.Sequence[str], so
         raise ValueError("; ".join(problems) + ". See the config reference in README.md.")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` from the command line; the value is read as YAML (numbers, bools, lists)."""
     if "=" not in text:
         raise ValueError(f"--set expects key=value, got '{text}'")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ValueError(f"--set {text}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
 
 
 def load_yaml(path: str | Path | None) -> dict[str, Any]:
-    """The mapping in a YAML file or builtin:NAME ({} for None); a clear error for a missing file or a
-    non-mapping."""
+    """The mapping in a YAML file or builtin:NAME ({} for None); a clear error, with the line, for a
+    missing file, malformed YAML, a key given twice or a non-mapping."""
     if path is None:
         return {}
     path = Path(resolve_builtin(str(path)))
     if not path.is_file():
         raise FileNotFoundError(f"config file '{path}' does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"config file '{path}'{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file '{path}' must hold a mapping of key: value, got {type(data).__name__}")
     return data
@@ -159,6 +181,50 @@ def build(cls: type, values: dict[str, Any]):
     return cls(**{k: as_field_type(k, v, types_.get(k)) for k, v in values.items() if k in own})
 
 
+# The sections of a config file: the class that declares each one's keys, in the order train reads
+# them. Named here rather than imported, so that any command can know every key of a config file
+# without the modules that declare them importing each other.
+SECTIONS = {
+    "shared": "sete_lite.config:SharedConfig",
+    "model": "sete_lite.model:ModelConfig",
+    "data": "sete_lite.data:DataConfig",
+    "score": "sete_lite.score:ScoreConfig",
+    "curriculum": "sete_lite.curriculum:CurriculumConfig",
+    "run": "sete_lite.train:RunConfig",
+    "eval": "sete_lite.eval:EvalConfig",
+    "train": "sete_lite.trainer:SENTConfig",  # TRL's GRPOConfig + the loss keys: imports TRL
+}
+
+
+def section_class(section: str) -> type:
+    """The config class that declares a section's keys."""
+    import importlib
+
+    module, _, name = SECTIONS[section].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def training_keys() -> list[str]:
+    """Every key a training config may hold (the score and eval commands accept and skip the others)."""
+    return field_names(*(section_class(section) for section in SECTIONS))
+
+
+def run_cli(main: typing.Callable[[list[str]], Any]) -> None:
+    """A command's entry point: an error the user can fix prints one line (what is wrong, which key or
+    file, the fix) instead of a traceback, which SETE_LITE_DEBUG=1 brings back."""
+    import os
+    import sys
+
+    try:
+        main(sys.argv[1:])
+    except (ValueError, KeyError, OSError, RuntimeError) as error:
+        if os.environ.get("SETE_LITE_DEBUG") == "1":
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"error: {message}\n(SETE_LITE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def read_values(
     path: str | Path | None = None, overrides: typing.Sequence[str] = (), defaults: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -176,12 +242,17 @@ def parse_config(
     path: str | Path | None = None,
     overrides: typing.Sequence[str] = (),
     defaults: dict[str, Any] | None = None,
+    *,
+    also_valid: typing.Sequence[str] = (),
 ) -> tuple:
     """Read a flat YAML file plus `--set key=value` overrides into one instance of each dataclass.
 
     `defaults` are applied first, then the file, then the overrides. Every key must be a field of
-    one of `dataclass_types`, and every value of its field's type.
+    one of `dataclass_types` (or in `also_valid`: keys another command reads, accepted and unused,
+    so that one config file serves train, score and eval), and every value of its field's type.
     """
+    valid = list(dict.fromkeys([*field_names(*dataclass_types), *also_valid]))
+    check_known_keys(load_yaml(path), valid, f"config file '{path}'")
+    check_known_keys((parse_override(text)[0] for text in overrides), valid, "--set")
     values = read_values(path, overrides, defaults)
-    check_known_keys(values, field_names(*dataclass_types), str(path) if path else "overrides")
     return tuple(build(cls, values) for cls in dataclass_types)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sete_lite.builtins import resolve_builtin
-from sete_lite.semantic import extract_answer
+from sete_lite.builtins import check_hub_name, resolve_builtin
+from sete_lite.semantic import extract_answer, parses_as_math
 
 # The paper's evaluation prompt (docs/method.md, section 5), also used for training and SE scoring.
 DEFAULT_PROMPT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -45,6 +45,9 @@ class DataConfig:
     id_column: str | None = "id"  # None: the row number is the id
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     max_prompts: int | None = None  # the first N rows only (quick runs)
+    # A row without a usable question or gold answer (null, empty, missing, not parseable as math) is
+    # refused, naming the rows; true drops such rows instead and says how many.
+    drop_invalid_rows: bool = False
     question_format: str = "plain"  # "plain" | "dapo" (strip DAPO-Math-17k's instruction wrapper)
     use_chat_template: bool = False  # wrap prompts in the tokenizer's chat template (instruct models)
     system_prompt: str | None = None  # with use_chat_template: an optional system message
@@ -96,6 +99,7 @@ def _load_rows(cfg: DataConfig) -> list[dict]:
     elif path.exists():
         raise ValueError(f"dataset file '{path}' must end in one of {sorted(LOCAL_FORMATS)}")
     else:
+        check_hub_name(cfg.dataset_name_or_path, "dataset", "dataset_name_or_path")  # a typo fails now, not in a minute
         dataset = datasets.load_dataset(cfg.dataset_name_or_path, cfg.dataset_config, split=cfg.dataset_split)
     return dataset.to_list()
 
@@ -103,7 +107,9 @@ def _load_rows(cfg: DataConfig) -> list[dict]:
 def load_records(cfg: DataConfig) -> list[dict]:
     """Records {id, question, answer, prompt} in dataset order; clear errors for bad input.
 
-    Ids are strings and must be unique: the SE cache and the curriculum key on them.
+    Ids are strings and must be unique: the SE cache and the curriculum key on them. A row whose
+    question or gold answer cannot be used (see `unusable`) is an error naming the rows, before any
+    model is loaded, or is dropped (with a printed count) when `drop_invalid_rows`.
     """
     rows = _load_rows(cfg)
     if not rows:
@@ -114,24 +120,55 @@ def load_records(cfg: DataConfig) -> list[dict]:
         raise KeyError(
             f"dataset '{cfg.dataset_name_or_path}' has no column(s) {missing}; its columns are {sorted(rows[0])}"
         )
-    rows = rows[: cfg.max_prompts]
-    records = []
-    for index, row in enumerate(rows):
+    records, invalid = [], []
+    for index, row in enumerate(rows[: cfg.max_prompts]):
+        record_id = str(column(row, cfg.id_column)) if cfg.id_column else str(index)
+        problem = unusable(row, cfg)
+        if problem:
+            invalid.append(f"row {index} (id {record_id!r}): {problem}")
+            continue
         question = question_text(column(row, cfg.question_column), cfg.question_format)
         records.append(
             {
-                "id": str(column(row, cfg.id_column)) if cfg.id_column else str(index),
+                "id": record_id,
                 "question": question,
                 "answer": gold_answer(str(column(row, cfg.answer_column))),
                 # replace, not format: the template's own \boxed{} braces would break str.format
                 "prompt": cfg.prompt_template.replace("{question}", question),
             }
         )
+    if invalid and not cfg.drop_invalid_rows:
+        shown = "; ".join(invalid[:5]) + ("; ..." if len(invalid) > 5 else "")
+        raise ValueError(
+            f"dataset '{cfg.dataset_name_or_path}': {len(invalid)} rows have no usable question or gold answer "
+            f"({shown}); fix them, or set drop_invalid_rows: true to leave them out"
+        )
+    if invalid:
+        print(f"dataset '{cfg.dataset_name_or_path}': dropped {len(invalid)} rows without a usable question or answer")
+    if not records:
+        raise ValueError(f"dataset '{cfg.dataset_name_or_path}' has no usable rows")
     ids = [record["id"] for record in records]
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"column '{cfg.id_column}' has duplicate id '{duplicate}'; ids must be unique")
     return records
+
+
+def unusable(row: dict, cfg: DataConfig) -> str | None:
+    """Why a row cannot train or evaluate anything, or None: its question or gold answer is missing,
+    null or empty, or the gold answer is not math that math-verify can parse (every sample would
+    then be graded wrong, right or not)."""
+    for name, key in (("question", cfg.question_column), ("answer", cfg.answer_column)):
+        if not _has_column(row, key):
+            return f"no {name} ('{key}' missing)"
+        value = column(row, key)
+        if value is None:
+            return f"{name} is null"
+        if not str(value).strip():
+            return f"{name} is empty"
+    if not parses_as_math(gold_answer(str(column(row, cfg.answer_column)))):
+        return f"gold answer {str(column(row, cfg.answer_column))[:40]!r} is not parseable as math"
+    return None
 
 
 def _has_column(row: dict, name: str) -> bool:

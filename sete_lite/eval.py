@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sete_lite.atomic import write_jsonl, write_text
+from sete_lite.atomic import check_writable_dir, write_jsonl, write_text
 from sete_lite.builtins import resolve_builtin
 from sete_lite.data import DEFAULT_PROMPT_TEMPLATE, LOCAL_FORMATS, DataConfig, apply_chat_template, load_records
 from sete_lite.rollout import RolloutEngine, SamplingConfig, check_context, context_limit
@@ -100,6 +99,7 @@ class EvalConfig:
     eval_system_prompt: str | None = None
     eval_output_dir: str = "runs/eval"
     eval_save_texts: bool = True  # each sample's text in samples.jsonl (~30 KB a sample at 8k tokens)
+    eval_drop_invalid_rows: bool = False  # drop problems without a usable gold answer instead of refusing
 
     def __post_init__(self) -> None:
         if isinstance(self.eval_benchmarks, str):
@@ -119,6 +119,10 @@ class EvalConfig:
                 f"Pass@k needs k <= n: eval_k={self.eval_k} with eval_num_samples={self.eval_num_samples}; "
                 f"raise eval_num_samples to at least {max(self.eval_k)} or drop the larger k"
             )
+        if not 0 < self.eval_top_p <= 1:
+            raise ValueError(f"eval_top_p must be in (0, 1], got {self.eval_top_p}")
+        if self.eval_temperature < 0:
+            raise ValueError(f"eval_temperature must be >= 0 (0 = greedy), got {self.eval_temperature}")
         if self.eval_max_problems is not None and self.eval_max_problems < 1:
             raise ValueError(f"eval_max_problems must be positive, got {self.eval_max_problems}")
         for name in self.eval_benchmarks:
@@ -208,7 +212,11 @@ def gold_from_list(text: str) -> str:
 def load_benchmark(name: str, cfg: EvalConfig) -> list[dict]:
     """Records {id, question, answer, prompt} of one benchmark (hub name or local file)."""
     source = benchmark_source(name)
-    common = {"prompt_template": cfg.eval_prompt_template, "max_prompts": cfg.eval_max_problems}
+    common = {
+        "prompt_template": cfg.eval_prompt_template,
+        "max_prompts": cfg.eval_max_problems,
+        "drop_invalid_rows": cfg.eval_drop_invalid_rows,
+    }
     if isinstance(source, Path):
         data_cfg = DataConfig(
             dataset_name_or_path=str(source),
@@ -414,10 +422,9 @@ def adapter_model_config(model_cfg: Any, adapter: str | None, model: str | None)
 
 def config_classes() -> list[type]:
     """What the eval command reads: shared, model and evaluation keys."""
-    from sete_lite.config import SharedConfig
-    from sete_lite.model import ModelConfig
+    from sete_lite.config import section_class
 
-    return [SharedConfig, ModelConfig, EvalConfig]
+    return [section_class(section) for section in ("shared", "model", "eval")]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -437,9 +444,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from sete_lite.config import parse_config, read_values
+    from sete_lite.config import parse_config, read_values, training_keys
     from sete_lite.model import import_unsloth_first, load_policy
-    from sete_lite.rollout import make_engine
+    from sete_lite.rollout import check_engine_possible, make_engine
 
     args = parse_args(argv)
     flags = {
@@ -451,9 +458,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None] + args.set
     import_unsloth_first(read_values(args.config, overrides))  # Unsloth patches transformers: before it loads
-    shared, model_cfg, cfg = parse_config(config_classes(), args.config, overrides)
+    shared, model_cfg, cfg = parse_config(config_classes(), args.config, overrides, also_valid=training_keys())
     model_cfg = adapter_model_config(model_cfg, args.adapter, args.model)
 
+    check_engine_possible(shared.rollout_engine, model_cfg)
+    check_writable_dir(Path(cfg.eval_output_dir), "--output-dir (eval_output_dir)")
     benchmarks = load_benchmarks(cfg)  # before the model: bad data fails in seconds
     model, tokenizer = load_policy(model_cfg, seed=shared.seed)
     benchmarks = benchmark_prompts(benchmarks, tokenizer, cfg)
@@ -480,4 +489,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from sete_lite.config import run_cli
+
+    run_cli(main)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,8 @@ def resolve_adapter(run_dir: str | Path | None, adapter: str | Path | None, stag
     """The adapter directory: `adapter`, or the run's final adapter (or its stage-K adapter)."""
     if (run_dir is None) == (adapter is None):
         raise ValueError("give exactly one of --run-dir (a training run directory) or --adapter (an adapter directory)")
+    if adapter is not None and stage is not None:
+        raise ValueError("--stage picks a stage's adapter of a training run: use it with --run-dir, not --adapter")
     if run_dir is not None:
         if not Path(run_dir).is_dir():
             raise FileNotFoundError(f"run directory '{run_dir}' does not exist")
@@ -119,6 +120,8 @@ def publish(target: Path, build: Callable[[Path], None]) -> Path:
     Only an empty directory or an earlier export (with export_info.json) is ever replaced.
     """
     target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"--output '{target}' is a file; give a directory (it is created)")
     if target.exists() and any(target.iterdir()) and not (target / EXPORT_INFO).is_file():
         raise FileExistsError(
             f"'{target}' exists and is not an export written by sete_lite.export; choose another --output "
@@ -327,4 +330,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from sete_lite.config import run_cli
+
+    run_cli(main)

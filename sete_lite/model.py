@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from sete_lite.builtins import check_hub_name, resolve_builtin
+
 BACKENDS = ("auto", "unsloth", "transformers")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Beside a saved adapter: the model_name_or_path it was trained on, as configured.
@@ -58,8 +60,12 @@ class ModelConfig:
             raise ValueError(f"backend must be one of {BACKENDS}, got '{self.backend}'")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got '{self.dtype}'")
-        if self.lora_r <= 0:
-            raise ValueError(f"lora_r must be positive, got {self.lora_r}")
+        if self.lora_r <= 0 or self.lora_alpha <= 0:
+            raise ValueError(f"lora_r and lora_alpha must be positive, got {self.lora_r}, {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be at least 1, got {self.max_seq_length}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(
                 f"gpu_memory_utilization is a fraction of GPU memory in (0, 1], got {self.gpu_memory_utilization}"
@@ -124,7 +130,7 @@ def resolve_dtype(cfg: ModelConfig) -> torch.dtype:
 
 
 def check_model_source(name_or_path: str) -> None:
-    """Fail early on a local path that does not exist (a hub name is 'org/name' and is left alone)."""
+    """Fail early on a local path that does not exist, and on a hub name the hub does not have."""
     if Path(name_or_path).exists():
         return
     looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
@@ -133,6 +139,7 @@ def check_model_source(name_or_path: str) -> None:
             f"model path '{name_or_path}' does not exist; give an existing directory written by "
             "save_pretrained, or a hub name such as 'Qwen/Qwen2.5-1.5B-Instruct'"
         )
+    check_hub_name(name_or_path, "model", "model_name_or_path")
 
 
 def adapter_base_model(adapter_dir: str | Path) -> str | None:
@@ -154,17 +161,30 @@ def read_adapter_config(adapter_dir: str, setting: str, fix: str) -> dict:
 
 
 def check_adapter_dir(adapter_path: str, cfg: ModelConfig) -> None:
-    """A resume directory must hold a PEFT adapter whose rank matches the config."""
+    """An adapter to start from must have this LoRA shape: its rank, alpha and target modules scale
+    and place every update (another alpha silently rescales them). The training command also checks
+    the base model (train.check_settings); evaluating an adapter on another base is allowed."""
     saved = read_adapter_config(
         adapter_path,
         "adapter_path",
         "point it at a directory written by model.save_pretrained (a LoRA checkpoint), or unset it to start "
         "fresh adapters",
     )
-    if saved.get("r") != cfg.lora_r:
+    targets = saved.get("target_modules")
+    differences = {
+        "lora_r": (saved.get("r"), cfg.lora_r),
+        "lora_alpha": (saved.get("lora_alpha"), cfg.lora_alpha),
+        "lora_target_modules": (
+            sorted(targets) if isinstance(targets, list) else targets,
+            sorted(cfg.lora_target_modules) if isinstance(cfg.lora_target_modules, list) else cfg.lora_target_modules,
+        ),
+    }
+    wrong = [f"{key}: adapter {saved_value!r}, config {now!r}" for key, (saved_value, now) in differences.items()
+             if saved_value != now]  # fmt: skip
+    if wrong:
         raise ValueError(
-            f"adapter at '{adapter_path}' has LoRA rank {saved.get('r')} but lora_r is {cfg.lora_r}; "
-            "set lora_r to the saved rank to resume"
+            f"adapter at '{adapter_path}' was not trained with this config ({'; '.join(wrong)}); set those keys to "
+            "the adapter's values to start from it"
         )
 
 
@@ -181,8 +201,6 @@ def load_policy(cfg: ModelConfig, *, seed: int = 0, gradient_checkpointing: bool
     require grad. The tokenizer pads on the left (generation) and always has a pad token.
     """
     backend = resolve_backend(cfg)  # first: unsloth must be imported before transformers is used
-    from sete_lite.builtins import resolve_builtin
-
     cfg = dataclasses.replace(cfg, model_name_or_path=resolve_builtin(cfg.model_name_or_path))
     check_model_source(cfg.model_name_or_path)
     if cfg.adapter_path is not None:

@@ -462,6 +462,21 @@ def check_context(tokenizer: Any, prompts: list[str], max_new_tokens: int, limit
         )
 
 
+def check_engine_possible(engine: str, model_cfg: Any) -> None:
+    """A rollout_engine that cannot be built here fails now, not after the model has loaded."""
+    import importlib.util
+
+    if engine in ("vllm", "unsloth") and not torch.cuda.is_available():
+        raise ValueError(
+            f"rollout_engine: {engine} needs a CUDA GPU and none is available; on CPU use "
+            "rollout_engine: transformers (or auto)"
+        )
+    if engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError("rollout_engine: vllm needs the vllm package: pip install 'sete_lite[gpu]', or use auto")
+    if engine == "unsloth" and (model_cfg.backend == "transformers" or not model_cfg.fast_inference):
+        raise ValueError("rollout_engine: unsloth needs backend: unsloth with fast_inference: true (Unsloth's vLLM)")
+
+
 def resolve_auto_engine(model: Any) -> str:
     """What "auto" means: see make_engine."""
     import importlib.util

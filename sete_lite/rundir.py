@@ -27,6 +27,11 @@ from sete_lite.atomic import append_jsonl, read_jsonl, replace_dir, write_jsonl,
 from sete_lite.model import ADAPTER_BASE_FILE
 
 CHECKPOINT_DONE = "sete_checkpoint_complete"
+# What a resumed run may change: where and how often it reports, and the held-out evaluation.
+CHANGEABLE_ON_RESUME = {
+    "output_dir", "logging_dir", "run_name", "report_to", "logging_steps", "logging_first_step", "save_steps",
+    "save_total_limit", "num_threads", "disable_tqdm", "eval_before_training", "eval_at_stage_end",
+}  # fmt: skip
 CHECKPOINT_CURRICULUM = "curriculum.json"  # the sampler's state_dict: what order the run walks
 
 
@@ -35,6 +40,11 @@ class RunDir:
     """Where a training run keeps what it writes: every reader and writer goes through these names."""
 
     root: Path
+
+    @property
+    def config(self) -> Path:
+        """The run's resolved configuration (every key's value), written when it starts."""
+        return self.root / "config.json"
 
     @property
     def metrics(self) -> Path:
@@ -74,6 +84,11 @@ class RunDir:
         found = [(path.parent.name, path) for path in (self.root / "eval").glob("*/results.json")]
         return sorted(found, key=lambda item: (-1,) if item[0] == "before" else (int(item[0].split("-")[1]),))
 
+    def earlier_run(self) -> list[str]:
+        """What an earlier run left here (a fresh run must not mix with it); the SE cache may stay."""
+        names = ["metrics.jsonl", "rollouts.jsonl", "adapter", "eval", *(p.name for p in self.checkpoints())]
+        return sorted(name for name in set(names) if (self.root / name).exists())
+
     def checkpoints(self) -> list[Path]:
         return list(self.root.glob("checkpoint-*"))
 
@@ -81,6 +96,63 @@ class RunDir:
         """The newest checkpoint-N directory whose save finished (half-written ones are ignored)."""
         done = [p for p in self.checkpoints() if (p / CHECKPOINT_DONE).exists()]
         return max(done, key=trainer_step) if done else None
+
+
+def check_checkpoint_readable(run_dir: RunDir, checkpoint: Path) -> None:
+    """Read what a resume loads from `checkpoint` (trainer state, adapter, optimizer) before anything
+    else runs; a damaged file names the checkpoint and the complete one before it."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        with safe_open(str(checkpoint / "adapter_model.safetensors"), framework="pt") as adapter:
+            for key in adapter.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                adapter.get_tensor(key)
+        if (checkpoint / "optimizer.pt").exists():
+            torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as error:
+        earlier = [p for p in run_dir.checkpoints() if (p / CHECKPOINT_DONE).exists() and p != checkpoint]
+        earlier = [p for p in earlier if trainer_step(p) < trainer_step(checkpoint)]
+        fallback = f"resume from {max(earlier, key=trainer_step)}" if earlier else "start again"
+        raise ValueError(
+            f"checkpoint {checkpoint} is damaged ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
+            f"delete it to {fallback}"
+        ) from None
+
+
+def is_final_checkpoint(checkpoint: Path) -> bool:
+    """Whether `checkpoint` was saved at the run's last step (its trainer state says how many there are)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"] > 0
+
+
+def record_config(run_dir: RunDir, values: dict[str, Any]) -> None:
+    write_text(run_dir.config, json.dumps(values, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def check_resume_config(run_dir: RunDir, values: dict[str, Any]) -> None:
+    """Refuse a resume whose settings differ from the run's recorded ones (beyond CHANGEABLE_ON_RESUME
+    and the eval_* keys): steps trained one way would silently continue another way."""
+    if not run_dir.config.is_file():
+        raise ValueError(
+            f"{run_dir.config} is missing: the run directory records no configuration to resume with; "
+            "start a new run in another output directory"
+        )
+    recorded = json.loads(run_dir.config.read_text())
+    now = json.loads(json.dumps(values, default=str))  # the same encoding as the record
+    changed = sorted(
+        key
+        for key in recorded.keys() | now.keys()
+        if recorded.get(key) != now.get(key) and key not in CHANGEABLE_ON_RESUME and not key.startswith("eval_")
+    )
+    if changed:
+        shown = ", ".join(f"{key}: {recorded.get(key)!r} -> {now.get(key)!r}" for key in changed[:8])
+        raise ValueError(
+            f"--resume with settings that differ from the run's ({shown}{', ...' if len(changed) > 8 else ''}); "
+            f"resume with the recorded ones ({run_dir.config}), start a new --output-dir, or pass "
+            "--allow-config-change to continue anyway"
+        )
 
 
 def trainer_step(checkpoint: Path) -> int:

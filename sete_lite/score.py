@@ -8,6 +8,7 @@ each batch finishes; `producer.json` records what produced them (model, sampling
 fingerprint), and a cache from another producer is refused.
 
     python -m sete_lite.score --config configs/score_tiny.yaml [--set key=value ...]
+    python -m sete_lite.score --config configs/r1_distill_qwen_1.5b_dapo.yaml --set se_scores_dir=runs/r1_scores
 
 writes scores.jsonl, a histogram of SE (se_histogram.png) and the curriculum's per-stage table
 (stages.md) to `scores_dir`.
@@ -56,8 +57,16 @@ class ScoreConfig:
     se_estimator: str = "likelihood"  # which SE orders the curriculum: "likelihood" (paper) | "discrete"
 
     def __post_init__(self) -> None:
-        if min(self.se_num_samples, self.se_batch_size, self.se_max_tokens) < 1:
-            raise ValueError("se_num_samples, se_batch_size and se_max_tokens must be at least 1")
+        if self.se_num_samples < 2:
+            raise ValueError(
+                f"se_num_samples must be at least 2 (one sample has no entropy), got {self.se_num_samples}"
+            )
+        if min(self.se_batch_size, self.se_max_tokens) < 1:
+            raise ValueError("se_batch_size and se_max_tokens must be at least 1")
+        if not 0 < self.se_top_p <= 1:
+            raise ValueError(f"se_top_p must be in (0, 1], got {self.se_top_p}")
+        if self.se_temperature <= 0:
+            raise ValueError(f"se_temperature must be > 0, got {self.se_temperature}")
         if self.se_estimator not in ESTIMATORS:
             raise ValueError(f"se_estimator must be one of {ESTIMATORS}, got '{self.se_estimator}'")
 
@@ -102,8 +111,9 @@ def open_cache(scores_dir: Path, producer: dict[str, Any]) -> dict[str, dict]:
             keys = sorted(k for k in saved.keys() | producer.keys() if saved.get(k) != producer.get(k))
             cached, now = {k: saved.get(k) for k in keys}, {k: producer.get(k) for k in keys}
             raise ProducerMismatchError(
-                f"{scores_dir} holds scores from another producer (cached {cached}, now {now}); "
-                "set scores_dir to a new directory, or delete the old one to rescore"
+                f"{scores_dir} holds scores from another producer (cached {cached}, now {now}); delete {scores_dir} "
+                "to rescore with the current settings, or score elsewhere (the score command: se_scores_dir; a "
+                "training run keeps its scores in OUTPUT_DIR/se_scores: give another --output-dir)"
             )
     elif scores_path.exists():
         raise ProducerMismatchError(f"{scores_path} exists without producer.json: unknown producer, refusing")
@@ -168,20 +178,26 @@ def score_dataset(
     """
     scores_dir = Path(scores_dir if scores_dir is not None else cfg.se_scores_dir)
     done = open_cache(scores_dir, producer_record(producer, records, cfg, seed))
-    todo = [record for record in records if record["id"] not in done]
-    with tqdm(total=len(records), initial=len(records) - len(todo), unit="prompt", disable=not progress) as bar:
-        for start in range(0, len(todo), cfg.se_batch_size):
-            batch = todo[start : start + cfg.se_batch_size]
-            # Seeded per batch: a rerun from the same cache state samples the same responses (a
-            # resumed pass batches the remaining prompts differently from an uninterrupted one).
+    with tqdm(total=len(records), initial=len(done), unit="prompt", disable=not progress) as bar:
+        # Batches are fixed slices of the dataset, each seeded by its position, whatever is cached: a
+        # pass resumed after a kill samples exactly what the uninterrupted pass would have, and
+        # appends only the rows that are missing (a kill can leave a batch's rows half written).
+        for start in range(0, len(records), cfg.se_batch_size):
+            batch = records[start : start + cfg.se_batch_size]
+            if all(record["id"] in done for record in batch):
+                continue
             sampling = SamplingConfig(
                 temperature=cfg.se_temperature, top_p=cfg.se_top_p, max_tokens=cfg.se_max_tokens, seed=seed + start
             )
             completions = engine.generate([r["prompt"] for r in batch], cfg.se_num_samples, sampling, use_adapter=False)
-            rows = [score_prompt(r, c, answer_timeout_s) for r, c in zip(batch, completions, strict=True)]
+            rows = [
+                score_prompt(r, c, answer_timeout_s)
+                for r, c in zip(batch, completions, strict=True)
+                if r["id"] not in done
+            ]
             append_jsonl(scores_dir / "scores.jsonl", rows)
             done.update((row["id"], row) for row in rows)
-            bar.update(len(batch))
+            bar.update(len(rows))
     return [done[record["id"]] for record in records]
 
 
@@ -254,27 +270,36 @@ def write_score_report(rows: list[dict], scores_dir: Path, cfg: ScoreConfig, num
 
 def config_classes() -> list[type]:
     """What the score command reads: shared, model, data, scoring and curriculum keys (for the stage table)."""
-    from sete_lite.config import SharedConfig
-    from sete_lite.curriculum import CurriculumConfig
-    from sete_lite.data import DataConfig
-    from sete_lite.model import ModelConfig
+    from sete_lite.config import section_class
 
-    return [SharedConfig, ModelConfig, DataConfig, ScoreConfig, CurriculumConfig]
+    return [section_class(section) for section in ("shared", "model", "data", "score", "curriculum")]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from sete_lite.config import parse_config, read_values
+    from sete_lite.atomic import check_writable_dir
+    from sete_lite.config import parse_config, read_values, training_keys
     from sete_lite.data import load_records, policy_prompts
     from sete_lite.model import import_unsloth_first, load_policy
-    from sete_lite.rollout import check_context, context_limit, make_engine
+    from sete_lite.rollout import check_context, check_engine_possible, context_limit, make_engine
 
-    parser = argparse.ArgumentParser(description="Semantic-entropy scoring pass (SENT curriculum).")
-    parser.add_argument("--config", help="flat YAML config (model, data and scoring keys) or builtin:NAME")
+    parser = argparse.ArgumentParser(
+        prog="python -m sete_lite.score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        default="builtin:arith-cpu",
+        help="YAML config (model, data and se_* keys; a training config works too) or builtin:NAME "
+        "(default: builtin:arith-cpu, the built-in task)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     args = parser.parse_args(argv)
     import_unsloth_first(read_values(args.config, args.set))
-    shared, model_cfg, data_cfg, cfg, curriculum = parse_config(config_classes(), args.config, args.set)
+    shared, model_cfg, data_cfg, cfg, curriculum = parse_config(
+        config_classes(), args.config, args.set, also_valid=training_keys()
+    )
 
+    check_engine_possible(shared.rollout_engine, model_cfg)
+    check_writable_dir(Path(cfg.se_scores_dir), "se_scores_dir")
     records = load_records(data_cfg)
     model, tokenizer = load_policy(model_cfg, seed=shared.seed)
     records = policy_prompts(records, tokenizer, data_cfg)  # the prompts training sees: its run reuses these scores
@@ -295,4 +320,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from sete_lite.config import run_cli
+
+    run_cli(main)

@@ -175,6 +175,11 @@ def _parse(answer: str, timeout_s: float | None) -> tuple:
         return ()  # unparsable in time: it can still match identical strings
 
 
+def parses_as_math(answer: str, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether math-verify reads `answer` as math (a gold answer it cannot read grades nothing)."""
+    return bool(_parse(answer.strip(), timeout_s if not _off_main_thread(timeout_s) else None))
+
+
 def _equivalent(reference: str, answer: str, timeout_s: float | None) -> bool:
     """math-verify equivalence of `answer` to `reference` (not symmetric: reference is the gold side)."""
     if reference == answer:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sete_lite.config import parse_config, read_values
+from sete_lite.config import parse_config, read_values, run_cli, section_class
 from sete_lite.model import import_unsloth_first
 
 # The built-in arithmetic task on CPU (sete_lite/arith/tiny_cpu.yaml), found by name: see sete_lite.builtins.
@@ -54,16 +53,9 @@ class TrainConfigs(NamedTuple):
 
 
 def config_classes() -> list[type]:
-    """The classes of TrainConfigs, in its order (imported here: TRL is heavy, Unsloth must come first)."""
-    from sete_lite.config import SharedConfig
-    from sete_lite.curriculum import CurriculumConfig
-    from sete_lite.data import DataConfig
-    from sete_lite.eval import EvalConfig
-    from sete_lite.model import ModelConfig
-    from sete_lite.score import ScoreConfig
-    from sete_lite.trainer import SENTConfig
-
-    return [SharedConfig, ModelConfig, DataConfig, ScoreConfig, CurriculumConfig, RunConfig, EvalConfig, SENTConfig]
+    """The classes of TrainConfigs, in its order: every section of a config file (sete_lite.config.SECTIONS;
+    imported only now: TRL is heavy, and Unsloth must come first)."""
+    return [section_class(section) for section in TrainConfigs._fields]
 
 
 def parse_train_config(path: str | Path | None, overrides: list[str]) -> TrainConfigs:
@@ -80,6 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default=None, help=f"YAML config file or builtin:NAME (default: {DEFAULT_CONFIG})")
     parser.add_argument("--output-dir", type=Path, default=None, help="run directory (default: the config's)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run dir")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue even where settings differ from the run's recorded config.json",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     return parser.parse_args(argv)
 
@@ -90,21 +87,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     import_unsloth_first(read_values(config_path, overrides))  # before TRL is imported to parse the config
     configs = parse_train_config(config_path, overrides)
-    summary, _ = run(configs, resume=args.resume, config_source=str(config_path))
+    summary, _ = run(
+        configs, resume=args.resume, config_source=str(config_path), allow_config_change=args.allow_config_change
+    )
     return summary
 
 
-def run(configs: TrainConfigs, *, resume: bool = False, config_source: str = "CONFIG"):
+def flat_config(configs: TrainConfigs) -> dict[str, Any]:
+    """Every key's resolved value, as the run directory records it (TRL's fields included)."""
+    import dataclasses
+
+    values: dict[str, Any] = {}
+    for cfg in configs:
+        values.update(cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg))
+    return values
+
+
+def run(
+    configs: TrainConfigs,
+    *,
+    resume: bool = False,
+    config_source: str = "CONFIG",
+    allow_config_change: bool = False,
+):
     """Score, stage and train in the run directory configs.train.output_dir; returns (the summary
     dict that is also printed, the trainer)."""
     import datasets
     import torch
     from transformers import PrinterCallback, ProgressCallback
 
+    from sete_lite.atomic import check_writable_dir
     from sete_lite.curriculum import stage_indices
     from sete_lite.data import load_records, policy_prompts
     from sete_lite.eval import benchmark_prompts, evaluate_and_write, format_table, load_benchmarks
-    from sete_lite.model import load_policy
+    from sete_lite.model import load_adapter_weights, load_policy
     from sete_lite.rewards import resolve_reward_functions
     from sete_lite.rollout import check_context, context_limit, make_engine
     from sete_lite.rundir import (
@@ -112,6 +128,10 @@ def run(configs: TrainConfigs, *, resume: bool = False, config_source: str = "CO
         RunDir,
         RunRecorder,
         check_checkpoint_curriculum,
+        check_checkpoint_readable,
+        check_resume_config,
+        is_final_checkpoint,
+        record_config,
         save_adapter_atomically,
         trainer_step,
         truncate_log,
@@ -133,12 +153,20 @@ def run(configs: TrainConfigs, *, resume: bool = False, config_source: str = "CO
     heldout = load_benchmarks(eval_cfg) if evaluating else {}
     if curriculum.curriculum and len(records) < curriculum.num_stages:
         raise ValueError(f"{len(records)} prompts cannot fill {curriculum.num_stages} curriculum stages")
+    check_writable_dir(run_dir.root, "output_dir")
     checkpoint = run_dir.last_complete_checkpoint() if resume else None
     if resume and checkpoint is None:
         print(f"--resume: no complete checkpoint in {run_dir.root}; starting from the beginning")
-    if not resume and run_dir.checkpoints():
-        raise ValueError(f"{run_dir.root} holds checkpoints of an earlier run: pass --resume, or another --output-dir")
-    run_dir.root.mkdir(parents=True, exist_ok=True)
+    if not resume and run_dir.earlier_run():
+        raise ValueError(
+            f"{run_dir.root} holds an earlier run ({', '.join(run_dir.earlier_run())}): pass --resume to continue it, "
+            "or give another --output-dir"
+        )
+    if checkpoint is not None:
+        check_checkpoint_readable(run_dir, checkpoint)
+        if not allow_config_change:
+            check_resume_config(run_dir, flat_config(configs))
+    record_config(run_dir, flat_config(configs))
 
     model, tokenizer = load_policy(model_cfg, seed=shared.seed, gradient_checkpointing=train_cfg.gradient_checkpointing)
     records = policy_prompts(records, tokenizer, data_cfg)
@@ -209,7 +237,12 @@ def run(configs: TrainConfigs, *, resume: bool = False, config_source: str = "CO
         # A resumed run drops what the killed run logged after its checkpoint; a fresh run starts empty.
         truncate_log(log, trainer_step(checkpoint) if checkpoint else -1)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if checkpoint is not None and is_final_checkpoint(checkpoint):
+        # transformers would train one more step past max_steps: a finished run only needs its adapter.
+        print(f"--resume: {checkpoint} is the run's last step; nothing left to train")
+        load_adapter_weights(trainer.model, str(checkpoint))
+    else:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     save_adapter_atomically(trainer.model, run_dir.adapter, model_cfg.model_name_or_path, tokenizer)
     summary = summarize(run_dir, time.perf_counter() - started)
     facts = {
@@ -239,52 +272,66 @@ def run(configs: TrainConfigs, *, resume: bool = False, config_source: str = "CO
 
 def check_settings(configs: TrainConfigs) -> None:
     """Errors that name the fix for settings this machine or this method cannot honour."""
-    import torch
-
-    from sete_lite.model import resolve_backend
+    from sete_lite.model import ADAPTER_BASE_FILE, adapter_base_model, resolve_backend
 
     resolve_backend(configs.model)  # unsloth without the package, fast_inference without a GPU
+    adapter = configs.model.adapter_path
+    if adapter and (Path(adapter) / ADAPTER_BASE_FILE).is_file():
+        trained_on = adapter_base_model(adapter)
+        if trained_on != configs.model.model_name_or_path:
+            raise ValueError(
+                f"adapter_path '{adapter}' was trained on '{trained_on}' but model_name_or_path is "
+                f"'{configs.model.model_name_or_path}'; set model_name_or_path to the adapter's base"
+            )
     if configs.train.num_generations < 2:
         raise ValueError(
             f"num_generations={configs.train.num_generations}: group-relative advantages need at least 2 "
             "completions per prompt"
         )
-    engine = configs.shared.rollout_engine
-    if not torch.cuda.is_available() and engine in ("vllm", "unsloth"):
-        raise ValueError(
-            f"rollout_engine: {engine} needs a CUDA GPU and none is available; on CPU use "
-            "rollout_engine: transformers (or auto)"
-        )
+    from sete_lite.rollout import check_engine_possible
+
+    check_engine_possible(configs.shared.rollout_engine, configs.model)
 
 
 # ----------------------------------------------------------------------------------------------
 # The summary
 
 
+def by_stage(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """The mean of `key` over the logged steps of each curriculum stage ("all" without a curriculum)."""
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        if key in row:
+            stage = row.get("curriculum/stage")
+            groups.setdefault("all" if stage is None else str(int(stage)), []).append(row[key])
+    return {stage: round(sum(values) / len(values), 4) for stage, values in groups.items()}
+
+
 def summarize(run_dir: Any, seconds: float) -> dict[str, Any]:
-    """Plots from metrics.jsonl and a short printed summary (run_dir: a sete_lite.rundir.RunDir)."""
+    """Plots from metrics.jsonl and a short printed summary (run_dir: a sete_lite.rundir.RunDir).
+
+    Rewards and entropies are means per curriculum stage: single steps across stages mislead (a
+    harder stage's prompts earn less reward while the policy gets better)."""
     from sete_lite.atomic import read_jsonl
     from sete_lite.plots import plot_training_curves
 
     rows = read_jsonl(run_dir.metrics)
     plots = plot_training_curves(rows, run_dir.plots)
-    rewards = [row["reward"] for row in rows if "reward" in row]  # logged on rollout steps only
-    entropies = [row["entropy"] for row in rows if "entropy" in row]
+    evaluations = {name: json.loads(path.read_text())["average"] for name, path in run_dir.evaluations()}
     summary = {
         "steps": rows[-1]["step"] if rows else 0,
         "train_seconds": round(seconds, 1),
-        "reward_first": rewards[0] if rewards else None,
-        "reward_last": rewards[-1] if rewards else None,
-        "entropy_first": entropies[0] if entropies else None,
-        "entropy_last": entropies[-1] if entropies else None,
-        "mean_step_time": sum(r.get("step_time", 0.0) for r in rows) / max(len(rows), 1),
+        "reward_mean_by_stage": by_stage(rows, "reward"),
+        "entropy_mean_by_stage": by_stage(rows, "entropy"),
+        "mean_step_time": round(sum(r.get("step_time", 0.0) for r in rows) / max(len(rows), 1), 3),
         "adapter": str(run_dir.adapter),
-        "eval": {name: json.loads(path.read_text())["average"] for name, path in run_dir.evaluations()},
+        "eval": evaluations,
         "plots": [str(p) for p in plots],
     }
     print("\nSENT run summary")
     for key, value in summary.items():
-        print(f"  {key}: {value}")
+        shown = {name: f"avg {scores['avg']:.1%}" for name, scores in value.items()} if key == "eval" else value
+        print(f"  {key}: {shown}")
     if summary["eval"]:  # the answer to "did training help?", in one line
         steps = " -> ".join(f"{name} {scores['avg']:.1%}" for name, scores in summary["eval"].items())
         print(f"held-out accuracy (mean over samples): {steps}")
@@ -292,4 +339,4 @@ def summarize(run_dir: Any, seconds: float) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

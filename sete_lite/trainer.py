@@ -56,9 +56,29 @@ class SENTConfig(LossConfig, GRPOConfig):
 
     def __post_init__(self) -> None:
         self.resolve_loss_defaults()  # the loss keys first: TRL reads beta and friends
-        if (self.bf16 or self.fp16) and not torch.cuda.is_available():
-            raise ValueError("bf16/fp16 training needs a CUDA GPU and none is available; on CPU set bf16: false")
+        if not torch.cuda.is_available():
+            if self.bf16 or self.fp16:
+                raise ValueError("bf16/fp16 training needs a CUDA GPU and none is available; on CPU set bf16: false")
+            # TRL reads an unset bf16 as true (and transformers then asks for use_cpu): float32 here.
+            self.bf16 = self.fp16 = False
+        self.check_ranges()
         GRPOConfig.__post_init__(self)
+
+    def check_ranges(self) -> None:
+        """The values TRL or torch would only refuse deep inside a run (or never), named by key."""
+        if self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be at least 1, got {self.max_completion_length}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature <= 0:
+            raise ValueError(
+                f"temperature must be > 0 (the log-probs are of the tempered policy), got {self.temperature}"
+            )
 
 
 class SENTTrainer(GRPOTrainer):

@@ -162,3 +162,27 @@ def test_policy_prompts_follow_the_config(tiny_model_dir: Path) -> None:
     assert policy_prompts(records, tokenizer, DataConfig(use_chat_template=False)) == records
     [wrapped] = policy_prompts(records, tokenizer, DataConfig(use_chat_template=True, system_prompt="Be brief."))
     assert wrapped["prompt"].startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 0+1?")
+
+
+def test_rows_without_a_usable_gold_answer_are_refused_or_dropped(tmp_path: Path) -> None:
+    # Before: a null answer became the gold string "None" and its prompt was graded 0 whatever the model said.
+    rows = [{"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(8)]
+    rows[1]["answer"] = None
+    rows[3]["answer"] = "   "
+    rows[5]["answer"] = "\\boxed{"  # an unterminated box: math-verify reads nothing
+    rows[6]["question"] = ""
+    del rows[7]["answer"]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(ValueError, match=r"5 rows have no usable question or gold answer") as error:
+        load_records(DataConfig(dataset_name_or_path=str(path)))
+    message = str(error.value)
+    expected = [
+        "row 1 (id 'p1'): answer is null",
+        "row 3 (id 'p3'): answer is empty",
+        "not parseable as math",
+        "row 6 (id 'p6'): question is empty",
+        "drop_invalid_rows: true",
+    ]
+    assert all(part in message for part in expected), message
+    kept = load_records(DataConfig(dataset_name_or_path=str(path), drop_invalid_rows=True))
+    assert [r["id"] for r in kept] == ["p0", "p2", "p4"]

@@ -240,6 +240,7 @@ def test_registry_entries_load_like_their_hub_datasets(monkeypatch: pytest.Monke
         return datasets.Dataset.from_list(hub[(name, config, split)])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("sete_lite.data.check_hub_name", lambda *args: None)  # the stand-ins are the hub here
     cfg = EvalConfig(eval_benchmarks=["AIME25", "OlympiadBench", "MATH500", "GSM8K"], eval_num_samples=16)
     loaded = load_benchmarks(cfg)
     assert asked == list(hub)

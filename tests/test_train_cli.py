@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from support_configs import write_config
 
 from sete_lite.atomic import read_jsonl
 from sete_lite.model import ModelConfig, load_policy
@@ -38,41 +39,6 @@ REQUIRED_METRICS = [
     "curriculum/mean_se",
     "step_time",
 ]
-
-
-def write_config(path: Path, model_dir: Path, **overrides: object) -> Path:
-    values = {
-        "model_name_or_path": str(model_dir),
-        "backend": "transformers",
-        "load_in_4bit": False,
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "gradient_checkpointing": False,
-        "dataset_name_or_path": str(REPO / "data" / "champ_math.jsonl"),
-        "max_prompts": 8,
-        "se_num_samples": 4,
-        "se_max_tokens": 16,
-        "reward_funcs": ["support_rewards:length_reward", "accuracy"],
-        "rollout_engine": "transformers",
-        "num_threads": 1,
-        "num_stages": 2,
-        "epochs_per_stage": 1,
-        "num_generations": 4,
-        "per_device_train_batch_size": 8,
-        "max_completion_length": 12,
-        "learning_rate": 0.05,
-        "high_cov_ratio": 0.2,
-        "beta_low": 0.1,
-        "beta_high": 0.4,
-        "logging_steps": 1,
-        "save_steps": 1,
-        "report_to": "none",
-        "bf16": False,
-        "seed": 1,
-        **overrides,
-    }
-    path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items()))
-    return path
 
 
 def token_logprobs(model, tokenizer, texts: list[str]) -> torch.Tensor:
@@ -197,8 +163,12 @@ def test_a_resume_refuses_a_checkpoint_of_another_curriculum(tmp_path, tiny_mode
     saved = json.loads((out / "checkpoint-2" / "curriculum.json").read_text())
     assert saved["epochs_per_stage"] == 1 and len(saved["stages"]) == 2
     for change in ("shuffle_within_stage=false", "epochs_per_stage=3", "num_stages=4"):
+        resume = ["--config", str(config), "--output-dir", str(out), "--resume", "--set", change]
+        with pytest.raises(ValueError, match="settings that differ from the run's"):
+            main(resume)
+        # Even when told to accept changed settings, a checkpoint never continues another curriculum.
         with pytest.raises(ValueError, match="different curriculum"):
-            main(["--config", str(config), "--output-dir", str(out), "--resume", "--set", change])
+            main([*resume, "--allow-config-change"])
 
 
 @pytest.mark.parametrize(

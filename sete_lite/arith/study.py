@@ -381,10 +381,18 @@ def report(out: Path, seeds: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sete_lite.arith.study", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/results/toy_study"), help="study directory")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--sweep-seeds", type=int, nargs="+", default=[0, 1])
+    parser = argparse.ArgumentParser(
+        prog="python -m sete_lite.arith.study",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("docs/results/toy_study"), help="study directory (default: %(default)s)"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
+    parser.add_argument(
+        "--sweep-seeds", type=int, nargs="+", default=[0, 1], help="seeds per sweep point (default: 0 1)"
+    )
     parser.add_argument("--only", nargs="+", choices=[*METHODS, *SWEEP], help="run these methods / sweep points only")
     parser.add_argument("--workers", type=int, default=2, help="runs trained at the same time (one thread each)")
     parser.add_argument("--report", action="store_true", help="only rebuild the tables and plots")
@@ -408,4 +416,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sete_lite.config import run_cli
+
+    run_cli(main)
