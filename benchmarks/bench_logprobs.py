@@ -108,9 +108,7 @@ def run_one(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--hidden", type=int, default=1024)
@@ -141,8 +139,7 @@ def main() -> None:
 
     naive, chunked = rows["naive"], rows["chunked"]
     agreement = {
-        key: (dumps["naive"][key] - dumps["chunked"][key]).abs().max().item()
-        for key in ("logp", "entropy", "grad")
+        key: (dumps["naive"][key] - dumps["chunked"][key]).abs().max().item() for key in ("logp", "entropy", "grad")
     }
     memory_ratio = chunked["peak_extra_mib"] / naive["peak_extra_mib"]
     time_ratio = chunked["seconds_median"] / naive["seconds_median"]

@@ -81,7 +81,7 @@ def check_writable_dir(path: Path, key: str) -> None:
         raise NotADirectoryError(f"{key} '{path}' is a file, not a directory; give a directory (it is created)")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".sete_lite_write_check"
+        probe = path / f".sete_lite_write_check.{os.getpid()}"  # one per process of a launch
         probe.write_text("")
         probe.unlink()
     except OSError as error:

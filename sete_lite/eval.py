@@ -445,9 +445,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sete_lite.config import parse_config, read_values, training_keys
+    from sete_lite.distributed import refuse_several_processes
     from sete_lite.model import import_unsloth_first, load_policy
     from sete_lite.rollout import check_engine_possible, make_engine
 
+    refuse_several_processes("python -m sete_lite.eval")
     args = parse_args(argv)
     flags = {
         "eval_benchmarks": args.benchmarks,

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from sete_lite.atomic import replace_dir
+from sete_lite.distributed import refuse_several_processes
 from sete_lite.rundir import RunDir
 
 METHODS = ("lora", "merged_16bit", "gguf")
@@ -312,6 +313,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> Path:
+    refuse_several_processes("python -m sete_lite.export")
     args = parse_args(argv)
     check_method(args.method, args.dtype)  # before anything is loaded
     adapter_dir = resolve_adapter(args.run_dir, args.adapter, args.stage)

@@ -15,9 +15,9 @@ head may differ in dtype (Unsloth loads the head in bfloat16 and can hand back f
 states): the hidden chunk is cast to the head's dtype and, on CUDA, the product is accumulated and
 kept in float32 (rounding logits to bf16 biases the entropy low, as TRL's fused kernel notes).
 
-`completion_logprobs(model, ...)` runs a (PEFT) causal LM's decoder and applies the function above
-to the completion positions: the one place the trainer, the reference policy and the GPU check get
-per-token log-probs from a model.
+`completion_logprobs(model, ...)` runs a (PEFT, DDP) causal LM, takes its decoder's hidden states
+and applies the function above to the completion positions: the one place the trainer, the
+reference policy, the study and the GPU check get per-token log-probs from a model.
 """
 
 from __future__ import annotations
@@ -241,13 +241,16 @@ def completion_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies of the last `num_completion_tokens` tokens of each row under `model`.
 
-    `model` is a causal LM or a PeftModel around one (adapters as they are: wrap the call in
-    `disable_adapter()` for the reference policy). Rows may be left-padded (`attention_mask` 0 on
-    the pads). Runs the decoder on `batch_size` rows at a time inside `forward_context()` (e.g.
-    autocast), then `token_logprobs_and_entropy` on its final hidden states: the logits are never
-    materialised whole. Returns two (rows, num_completion_tokens) float32 tensors.
+    `model` is a causal LM, a PeftModel around one, or either wrapped by DDP (adapters as they are:
+    wrap the call in `disable_adapter()` for the reference policy). Rows may be left-padded
+    (`attention_mask` 0 on the pads). The model is called as it is, so that a DDP wrapper prepares its
+    gradient synchronisation, with `logits_to_keep=1` (no full logits); the decoder's final hidden
+    states are taken by a forward hook, `batch_size` rows at a time inside `forward_context()` (e.g.
+    autocast), and `token_logprobs_and_entropy` turns them into log-probs chunk by chunk: the logits
+    are never materialised whole. Returns two (rows, num_completion_tokens) float32 tensors.
     """
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = model.module if hasattr(model, "module") else model  # DDP keeps the model as .module
+    causal_lm = causal_lm.get_base_model() if hasattr(causal_lm, "get_base_model") else causal_lm
     decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
     limit = getattr(decoder, "max_seq_length", None)  # set by Unsloth, whose forward truncates beyond it
     if limit is not None and input_ids.size(1) > limit:
@@ -260,8 +263,7 @@ def completion_logprobs(
     all_logps, all_entropies = [], []
     for start in range(0, input_ids.size(0), batch_size):
         ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-        with forward_context(), padding_mask_kept(decoder):
-            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = decoder_output(model, decoder, ids, mask, forward_context)
         # The hidden state at position t predicts token t + 1.
         logps, entropies = token_logprobs_and_entropy(
             hidden[:, -num_completion_tokens - 1 : -1],
@@ -274,3 +276,21 @@ def completion_logprobs(
         all_logps.append(logps)
         all_entropies.append(entropies)
     return torch.cat(all_logps), torch.cat(all_entropies)
+
+
+def decoder_output(
+    model: Any,
+    decoder: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """The decoder's final hidden states (after its last norm) from a call of the whole `model`."""
+    captured: list[torch.Tensor] = []
+    hook = decoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    try:
+        with forward_context(), padding_mask_kept(decoder):
+            model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+    finally:
+        hook.remove()
+    return captured[-1]

@@ -224,7 +224,8 @@ def _load_transformers(cfg: ModelConfig, seed: int, gradient_checkpointing: bool
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     dtype = resolve_dtype(cfg)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The current GPU: each process of a launch has been given its own (accelerate's set_device).
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(

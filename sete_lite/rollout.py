@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import os
 import shutil
 import tempfile
@@ -41,6 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+from sete_lite.distributed import launched_processes
 
 if TYPE_CHECKING:
     from sete_lite.model import ModelConfig
@@ -57,10 +60,20 @@ class SamplingConfig:
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Each prompt's completions from their own stream, seeded by (seed, prompt): the same samples
+    # whatever else is in the call (another batching, another number of processes).
+    seed_per_prompt: bool = False
 
     def __post_init__(self) -> None:
         # One spelling of "disabled" from here on: Unsloth's trainer rewrites TRL's top_k to -1.
         self.top_k = max(self.top_k or 0, 0)
+
+    def prompt_seed(self, prompt: str) -> int | None:
+        """The seed of one prompt's stream under seed_per_prompt (31 bits, as every engine takes)."""
+        if self.seed is None:
+            return None
+        digest = hashlib.sha256(f"{self.seed}\0{prompt}".encode()).digest()
+        return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 @dataclass
@@ -194,14 +207,19 @@ class TransformersEngine:
         was_training = self.model.training
         self.model.eval()  # no LoRA dropout while sampling
         device = next(self.model.parameters()).device
-        # One seeded stream for the whole call, forked so the caller's RNG is left untouched.
+        # Seeded streams forked from the caller's RNG, which is left untouched: one for the whole
+        # call, or one per prompt (then each prompt is its own generate call).
+        if sampling.seed_per_prompt:
+            calls = [([prompt], sampling.prompt_seed(prompt)) for prompt in prompts]
+        else:  # the stream is seeded once, before the first batch
+            starts = range(0, len(prompts), self.batch_size)
+            calls = [(prompts[i : i + self.batch_size], sampling.seed if i == 0 else None) for i in starts]
+        results: list[list[Completion]] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
             try:
-                results: list[list[Completion]] = []
-                for start in range(0, len(prompts), self.batch_size):
-                    batch = prompts[start : start + self.batch_size]
+                for batch, seed in calls:
+                    if seed is not None:
+                        torch.manual_seed(seed)
                     with adapters(self.model, use_adapter):
                         results.extend(self._generate_batch(batch, n, sampling, device))
             finally:
@@ -261,7 +279,7 @@ class _VLLMEngineBase:
         mode = getattr(llm.llm_engine.model_config, "logprobs_mode", "raw_logprobs")  # vLLM < 0.10.2: none
         self.tempered_logprobs = mode == "processed_logprobs"
 
-    def sampling_params(self, n: int, sampling: SamplingConfig) -> Any:
+    def sampling_params(self, n: int, sampling: SamplingConfig, seed: int | None = None) -> Any:
         from vllm import SamplingParams
 
         if not self.tempered_logprobs and sampling.temperature not in (0.0, 1.0):
@@ -279,7 +297,7 @@ class _VLLMEngineBase:
             max_tokens=sampling.max_tokens,
             stop=list(sampling.stop) or None,
             stop_token_ids=self.eos_ids,
-            seed=sampling.seed,
+            seed=sampling.seed if seed is None else seed,
             logprobs=0,  # the sampled token's log-prob only
         )
 
@@ -289,9 +307,10 @@ class _VLLMEngineBase:
         check_sampling(n, sampling)
         lora_request = self.lora_request() if use_adapter else None
         token_prompts = [{"prompt_token_ids": ids} for ids in encode_prompts(self.tokenizer, prompts)]
-        outputs = self.llm.generate(
-            token_prompts, self.sampling_params(n, sampling), lora_request=lora_request, use_tqdm=False
-        )
+        params = self.sampling_params(n, sampling)
+        if sampling.seed_per_prompt:  # vLLM takes one SamplingParams per request
+            params = [self.sampling_params(n, sampling, sampling.prompt_seed(p)) for p in prompts]
+        outputs = self.llm.generate(token_prompts, params, lora_request=lora_request, use_tqdm=False)
         return [[self._completion(o) for o in out.outputs] for out in outputs]
 
     def lora_request(self) -> Any:
@@ -498,7 +517,7 @@ def make_engine(
     installed, else transformers generate. A separate vLLM (`vllm`) takes its settings from
     `model_cfg`: the checkpoint, context length (`max_seq_length`), memory share, dtype and LoRA rank,
     and NF4 weights (`quantization="bitsandbytes"`) when the policy is 4-bit, so both sample the
-    same model.
+    same model. With several processes each runs its own engine on its own GPU.
     """
     if name == "auto":
         name = resolve_auto_engine(model)
@@ -512,7 +531,13 @@ def make_engine(
         raise ValueError("rollout_engine 'vllm' is built from the model config: pass model_cfg")
     from sete_lite.builtins import resolve_builtin
 
-    extra = {"quantization": "bitsandbytes"} if model_cfg.load_in_4bit else {}
+    extra: dict[str, Any] = {"quantization": "bitsandbytes"} if model_cfg.load_in_4bit else {}
+    processes = launched_processes()
+    if processes.count > 1:
+        # One engine per process inside the launch's process group, as TRL's colocate mode runs
+        # vLLM (vLLM's own executor would start a private group of one that hangs under torchrun).
+        extra["distributed_executor_backend"] = "external_launcher"
+        seed += processes.index
     return VLLMEngine(
         model,
         tokenizer,

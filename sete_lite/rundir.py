@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from sete_lite.atomic import append_jsonl, read_jsonl, replace_dir, write_jsonl, write_text
+from sete_lite.distributed import ONE_PROCESS, Processes
 from sete_lite.model import ADAPTER_BASE_FILE
 
 CHECKPOINT_DONE = "sete_checkpoint_complete"
@@ -193,30 +194,40 @@ def save_adapter_atomically(model, directory: Path, base_model: str, tokenizer=N
 class RunRecorder(TrainerCallback):
     """Writes the run directory as training goes: metrics.jsonl (one synced line per log),
     rollouts.jsonl (the prompt ids each step sampled), the curriculum and a completion marker in each
-    checkpoint, and the adapter at the end of every curriculum stage."""
+    checkpoint, and the adapter at the end of every curriculum stage. With several processes the main
+    one writes (the logged metrics are already means over processes) and the others only wait for it
+    where a checkpoint must hold every process's files."""
 
-    def __init__(self, run_dir: RunDir, base_model: str, on_stage_end: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: RunDir,
+        base_model: str,
+        processes: Processes = ONE_PROCESS,
+        on_stage_end: Callable[[int], None] | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.base_model = base_model  # recorded with each stage's adapter
+        self.processes = processes
         self.on_stage_end = on_stage_end  # e.g. a held-out evaluation
         self.trainer = None  # set once the trainer exists: stage boundaries come from its sampler
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # Every step's log, also those without rewards (the later optimizer steps on one rollout batch
         # when steps_per_generation > 1); not the end-of-training summary.
-        if logs and "train_runtime" not in logs:
+        if logs and "train_runtime" not in logs and self.processes.is_main:
             append_jsonl(self.run_dir.metrics, [{"step": state.global_step, **logs}])
 
     def on_save(self, args, state, control, **kwargs):
+        self.processes.wait_for_everyone()  # each process saves its RNG state into the checkpoint too
         checkpoint = self.run_dir.root / f"checkpoint-{state.global_step}"  # transformers' naming
-        if checkpoint.is_dir():
+        if checkpoint.is_dir() and self.processes.is_main:
             if self.trainer is not None and self.trainer.curriculum_stages is not None:
                 curriculum = self.trainer.curriculum_sampler.state_dict()
                 write_text(checkpoint / CHECKPOINT_CURRICULUM, json.dumps(curriculum) + "\n")
             write_text(checkpoint / CHECKPOINT_DONE, json.dumps({"step": state.global_step}))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.trainer is None:
+        if self.trainer is None or not self.processes.is_main:
             return
         append_jsonl(self.run_dir.rollouts, self.trainer.rollout_log)
         self.trainer.rollout_log.clear()

@@ -28,8 +28,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sete_lite.atomic import append_jsonl, write_text
+from sete_lite.atomic import append_jsonl, read_jsonl, write_jsonl, write_text
 from sete_lite.curriculum import stage_indices
+from sete_lite.distributed import ONE_PROCESS, Processes, launched_processes
 from sete_lite.rollout import Completion, RolloutEngine, SamplingConfig
 from sete_lite.semantic import (
     DEFAULT_TIMEOUT_S,
@@ -41,6 +42,7 @@ from sete_lite.semantic import (
 )
 
 ESTIMATORS = ("likelihood", "discrete")
+SCORES_FILE = "scores.jsonl"
 
 
 @dataclass
@@ -97,14 +99,15 @@ def producer_record(producer: dict[str, Any], records: list[dict], cfg: ScoreCon
     }
 
 
-def open_cache(scores_dir: Path, producer: dict[str, Any]) -> dict[str, dict]:
+def open_cache(scores_dir: Path, producer: dict[str, Any], processes: Processes = ONE_PROCESS) -> dict[str, dict]:
     """The rows already scored by this producer, by id; a new cache when there is none.
 
     Rows are appended a whole line at a time, so a killed pass leaves at most one torn last line:
-    it is cut off (the file truncated to its last newline) before anything is appended.
+    the main process cuts it off (and merges the part files a killed several-process pass left,
+    see `merge_parts`) before anything is appended. Every process checks the producer.
     """
     scores_dir.mkdir(parents=True, exist_ok=True)
-    producer_path, scores_path = scores_dir / "producer.json", scores_dir / "scores.jsonl"
+    producer_path, scores_path = scores_dir / "producer.json", scores_dir / SCORES_FILE
     if producer_path.is_file():
         saved = json.loads(producer_path.read_text())
         if saved != producer:
@@ -117,21 +120,47 @@ def open_cache(scores_dir: Path, producer: dict[str, Any]) -> dict[str, dict]:
             )
     elif scores_path.exists():
         raise ProducerMismatchError(f"{scores_path} exists without producer.json: unknown producer, refusing")
-    else:
-        write_text(producer_path, json.dumps(producer, indent=2) + "\n")
-    if not scores_path.exists():
-        return {}
-    data = scores_path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        os.truncate(scores_path, len(complete))
+    if processes.is_main:
+        if not producer_path.is_file():
+            write_text(producer_path, json.dumps(producer, indent=2) + "\n")
+        merge_parts(scores_dir)
+    processes.wait_for_everyone()
     rows: dict[str, dict] = {}
-    for line in complete.decode().splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(scores_path):
         if row["id"] in rows:
             raise ValueError(f"{scores_path} has two rows for id '{row['id']}'; delete it to rescore")
         rows[row["id"]] = row
     return rows
+
+
+def part_file(scores_dir: Path, processes: Processes) -> Path:
+    """Where this process appends its rows: scores.jsonl itself when it is alone, else its own part."""
+    return scores_dir / (SCORES_FILE if processes.count == 1 else f"scores.part-{processes.index}.jsonl")
+
+
+def merge_parts(scores_dir: Path) -> None:
+    """Fold the part files of several processes into scores.jsonl (atomically, then delete the parts),
+    and cut a torn last line off scores.jsonl. A row whose id is already there is skipped: a merge
+    killed between its write and the deletes is simply redone."""
+    scores_path = scores_dir / SCORES_FILE
+    if scores_path.exists():
+        data = scores_path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            os.truncate(scores_path, len(complete))
+    parts = sorted(scores_dir.glob("scores.part-*.jsonl"))
+    if not parts:
+        return
+    rows = read_jsonl(scores_path)
+    seen = {row["id"] for row in rows}
+    for part in parts:
+        for row in read_jsonl(part):
+            if row["id"] not in seen:
+                rows.append(row)
+                seen.add(row["id"])
+    write_jsonl(scores_path, rows)
+    for part in parts:
+        part.unlink()
 
 
 def mean_logprob(completion: Completion) -> float:
@@ -168,26 +197,38 @@ def score_dataset(
     answer_timeout_s: float = DEFAULT_TIMEOUT_S,
     scores_dir: str | Path | None = None,
     progress: bool = True,
+    processes: Processes = ONE_PROCESS,
 ) -> list[dict]:
     """Score every record, resuming from the cache; rows in the order of `records`.
 
     `producer` describes the model (e.g. {"model": path, "load_in_4bit": True}); sampling settings
     and a dataset fingerprint are added to it, and a cache from a different producer is refused.
     The cache lives in `scores_dir` (default `cfg.se_scores_dir`; a trainer puts it in its run
-    directory). Sampling uses the base policy: `use_adapter=False`.
+    directory). Sampling uses the base policy: `use_adapter=False`. With several `processes`
+    (sete_lite.distributed), each scores its share of the batches and every one returns all rows.
     """
     scores_dir = Path(scores_dir if scores_dir is not None else cfg.se_scores_dir)
-    done = open_cache(scores_dir, producer_record(producer, records, cfg, seed))
-    with tqdm(total=len(records), initial=len(done), unit="prompt", disable=not progress) as bar:
-        # Batches are fixed slices of the dataset, each seeded by its position, whatever is cached: a
-        # pass resumed after a kill samples exactly what the uninterrupted pass would have, and
-        # appends only the rows that are missing (a kill can leave a batch's rows half written).
-        for start in range(0, len(records), cfg.se_batch_size):
-            batch = records[start : start + cfg.se_batch_size]
-            if all(record["id"] in done for record in batch):
-                continue
+    done = open_cache(scores_dir, producer_record(producer, records, cfg, seed), processes)
+    # Batches are fixed slices of the dataset, each seeded by its position, whatever is cached: a
+    # pass resumed after a kill samples exactly what the uninterrupted pass would have, and appends
+    # only the rows that are missing (a kill can leave a batch's rows half written). Several
+    # processes share the batches out round-robin, each appending to its own part file.
+    size = cfg.se_batch_size
+    batches = [records[start : start + size] for start in range(0, len(records), size)]
+    mine = [
+        (number, batch)
+        for number, batch in enumerate(batches)
+        if processes.owns(number) and any(r["id"] not in done for r in batch)
+    ]
+    label = "SE scoring" + (f" (main process's share of {processes.count})" if processes.count > 1 else "")
+    todo = sum(r["id"] not in done for _, batch in mine for r in batch)
+    with tqdm(total=todo, unit="prompt", desc=label, disable=not progress or not processes.is_main) as bar:
+        for number, batch in mine:
             sampling = SamplingConfig(
-                temperature=cfg.se_temperature, top_p=cfg.se_top_p, max_tokens=cfg.se_max_tokens, seed=seed + start
+                temperature=cfg.se_temperature,
+                top_p=cfg.se_top_p,
+                max_tokens=cfg.se_max_tokens,
+                seed=seed + number * size,
             )
             completions = engine.generate([r["prompt"] for r in batch], cfg.se_num_samples, sampling, use_adapter=False)
             rows = [
@@ -195,9 +236,12 @@ def score_dataset(
                 for r, c in zip(batch, completions, strict=True)
                 if r["id"] not in done
             ]
-            append_jsonl(scores_dir / "scores.jsonl", rows)
+            append_jsonl(part_file(scores_dir, processes), rows)
             done.update((row["id"], row) for row in rows)
             bar.update(len(rows))
+    if processes.count > 1:  # every process's rows, merged by the main process
+        processes.wait_for_everyone()
+        done = open_cache(scores_dir, producer_record(producer, records, cfg, seed), processes)
     return [done[record["id"]] for record in records]
 
 
@@ -301,15 +345,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     check_engine_possible(shared.rollout_engine, model_cfg)
     check_writable_dir(Path(cfg.se_scores_dir), "se_scores_dir")
     records = load_records(data_cfg)
+    processes = launched_processes()  # before the model loads: each process of a launch on its own GPU
     model, tokenizer = load_policy(model_cfg, seed=shared.seed)
     records = policy_prompts(records, tokenizer, data_cfg)  # the prompts training sees: its run reuses these scores
     engine = make_engine(shared.rollout_engine, model, tokenizer, model_cfg, seed=shared.seed)
     prompts = [r["prompt"] for r in records]
     check_context(tokenizer, prompts, cfg.se_max_tokens, context_limit(model, engine), "se_max_tokens")
     rows = score_dataset(
-        engine, records, cfg, model_producer(model_cfg), seed=shared.seed, answer_timeout_s=shared.answer_timeout_s
+        engine,
+        records,
+        cfg,
+        model_producer(model_cfg),
+        seed=shared.seed,
+        answer_timeout_s=shared.answer_timeout_s,
+        processes=processes,
     )
-
+    if not processes.is_main:
+        return rows
     scores_dir = Path(cfg.se_scores_dir)
     table = write_score_report(rows, scores_dir, cfg, curriculum.num_stages)
     configs = {"shared": shared, "model": model_cfg, "data": data_cfg, "score": cfg, "curriculum": curriculum}

@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     config_path = args.config or DEFAULT_CONFIG
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
@@ -111,7 +111,9 @@ def run(
     allow_config_change: bool = False,
 ):
     """Score, stage and train in the run directory configs.train.output_dir; returns (the summary
-    dict that is also printed, the trainer)."""
+    dict that is also printed, the trainer). Launched as several processes (sete_lite.distributed),
+    every process checks, scores its share of the SE batches and trains its slice of each batch; the
+    main process alone evaluates and writes, and the others return no summary (None)."""
     import datasets
     import torch
     from transformers import PrinterCallback, ProgressCallback
@@ -119,6 +121,7 @@ def run(
     from sete_lite.atomic import check_writable_dir
     from sete_lite.curriculum import stage_indices
     from sete_lite.data import load_records, policy_prompts
+    from sete_lite.distributed import launched_processes, launcher_note
     from sete_lite.eval import benchmark_prompts, evaluate_and_write, format_table, load_benchmarks
     from sete_lite.model import load_adapter_weights, load_policy
     from sete_lite.rewards import resolve_reward_functions
@@ -142,6 +145,11 @@ def run(
 
     shared, model_cfg, data_cfg, score_cfg, curriculum, run_cfg, eval_cfg, train_cfg = configs
     run_dir = RunDir(Path(train_cfg.output_dir))
+    processes = launched_processes()
+    if note := launcher_note():
+        print(note)
+    # What the run directory records; a resume with other values (the launch's size too) is refused.
+    settings = {**flat_config(configs), "num_processes": processes.count}
 
     # Everything cheap first: a bad config or dataset fails before a model is loaded.
     check_settings(configs)
@@ -165,8 +173,12 @@ def run(
     if checkpoint is not None:
         check_checkpoint_readable(run_dir, checkpoint)
         if not allow_config_change:
-            check_resume_config(run_dir, flat_config(configs))
-    record_config(run_dir, flat_config(configs))
+            check_resume_config(run_dir, settings)
+    processes.wait_for_everyone()  # every process has checked the directory before the main one writes
+    if processes.is_main:
+        record_config(run_dir, settings)
+        if processes.count > 1:
+            print(f"one data-parallel run on {processes.count} processes; the main process writes {run_dir.root}")
 
     model, tokenizer = load_policy(model_cfg, seed=shared.seed, gradient_checkpointing=train_cfg.gradient_checkpointing)
     records = policy_prompts(records, tokenizer, data_cfg)
@@ -193,7 +205,9 @@ def run(
         print(f"held-out evaluation '{name}':\n{format_table(results, eval_cfg.eval_k, eval_cfg.eval_num_samples)}")
 
     if run_cfg.eval_before_training and checkpoint is None:
-        evaluate_as("before", use_adapter=False)  # the base policy
+        if processes.is_main:
+            evaluate_as("before", use_adapter=False)  # the base policy
+        processes.wait_for_everyone()
 
     scores = score_dataset(
         engine,
@@ -203,8 +217,10 @@ def run(
         seed=shared.seed,
         answer_timeout_s=shared.answer_timeout_s,
         scores_dir=run_dir.se_scores,
+        processes=processes,
     )
-    print(write_score_report(scores, run_dir.se_scores, score_cfg, curriculum.num_stages))
+    if processes.is_main:
+        print(write_score_report(scores, run_dir.se_scores, score_cfg, curriculum.num_stages))
     se = [row[f"se_{score_cfg.se_estimator}"] for row in scores]
     stages = stage_indices(se, curriculum.num_stages) if curriculum.curriculum else None
     stage_of = {i: k for k, stage in enumerate(stages or [range(len(records))]) for i in stage}
@@ -224,7 +240,10 @@ def run(
         rollout_engine=engine,
         curriculum_stages=stages,
         curriculum=curriculum,
-        callbacks=[recorder := RunRecorder(run_dir, model_cfg.model_name_or_path), RewardEntropyBar()],
+        callbacks=[
+            recorder := RunRecorder(run_dir, model_cfg.model_name_or_path, processes),
+            *([RewardEntropyBar()] if processes.is_main else []),
+        ],
     )
     if run_cfg.eval_at_stage_end:
         recorder.on_stage_end = lambda stage: evaluate_as(RunDir.stage_evaluation(stage))
@@ -233,7 +252,7 @@ def run(
     trainer.remove_callback(PrinterCallback)
     if checkpoint is not None and stages is not None:
         check_checkpoint_curriculum(checkpoint, trainer.build_curriculum_sampler())
-    for log in (run_dir.metrics, run_dir.rollouts):
+    for log in (run_dir.metrics, run_dir.rollouts) if processes.is_main else ():
         # A resumed run drops what the killed run logged after its checkpoint; a fresh run starts empty.
         truncate_log(log, trainer_step(checkpoint) if checkpoint else -1)
     started = time.perf_counter()
@@ -243,6 +262,8 @@ def run(
         load_adapter_weights(trainer.model, str(checkpoint))
     else:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if not processes.is_main:
+        return None, trainer
     save_adapter_atomically(trainer.model, run_dir.adapter, model_cfg.model_name_or_path, tokenizer)
     summary = summarize(run_dir, time.perf_counter() - started)
     facts = {

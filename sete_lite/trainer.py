@@ -20,6 +20,10 @@ A thin subclass (open-r1 style). One optimizer step, in TRL's order, with what t
    Overriding `compute_loss` means the SENT loss is what gets optimised even where Unsloth has
    patched TRL's loss.
 3. backward; transformers' Trainer steps the optimizer every gradient_accumulation_steps slices.
+
+Launched as several processes (README: Several GPUs), each runs these steps on its slice of every
+generation batch under DDP: TRL gathers the rewards for the advantages, this class gathers the rollout
+trace and the curriculum metrics, and logs loss statistics as means over the processes.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
 from sete_lite.curriculum import CurriculumConfig, CurriculumSampler
@@ -53,6 +58,11 @@ class SENTConfig(LossConfig, GRPOConfig):
     # whenever use_vllm is on, which Unsloth forces with fast_inference: with one optimizer step per
     # batch they equal the current ones. The sampling/recompute gap is logged as sampling/logp_gap_mean.
     vllm_importance_sampling_correction: bool = False
+    # Each prompt's rollouts from their own stream seeded by (seed, step, prompt): the same rollouts
+    # with any number of processes or batch size (slower with transformers generate, free with vLLM).
+    seed_rollouts_per_prompt: bool = False
+    # LoRA trains every adapter weight in every forward: DDP need not search for unused ones.
+    ddp_find_unused_parameters: bool | None = False
 
     def __post_init__(self) -> None:
         self.resolve_loss_defaults()  # the loss keys first: TRL reads beta and friends
@@ -61,6 +71,9 @@ class SENTConfig(LossConfig, GRPOConfig):
                 raise ValueError("bf16/fp16 training needs a CUDA GPU and none is available; on CPU set bf16: false")
             # TRL reads an unset bf16 as true (and transformers then asks for use_cpu): float32 here.
             self.bf16 = self.fp16 = False
+            # Without it, transformers sets up no process group for a torchrun launch on CPU, and
+            # every process would train alone; with it, gloo and DDP as on GPUs.
+            self.use_cpu = True
         self.check_ranges()
         GRPOConfig.__post_init__(self)
 
@@ -132,9 +145,13 @@ class SENTTrainer(GRPOTrainer):
 
     def stage_of_step(self, step: int) -> int:
         """The curriculum stage that optimizer step `step` (0-based) trains on."""
-        # Each micro-step draws one dataloader batch; an optimizer step is gradient_accumulation_steps of them.
+        # Each micro-step draws one dataloader batch per process; an optimizer step is
+        # gradient_accumulation_steps of them on every process.
         samples_per_step = (
-            self._train_batch_size * self.args.steps_per_generation * self.args.gradient_accumulation_steps
+            self._train_batch_size
+            * self.args.steps_per_generation
+            * self.args.gradient_accumulation_steps
+            * self.accelerator.num_processes
         )
         position = min(step * samples_per_step, len(self.curriculum_sampler) - 1)
         return self.curriculum_sampler.stage_at(position % len(self.curriculum_sampler))
@@ -148,13 +165,18 @@ class SENTTrainer(GRPOTrainer):
         unique = prompts[::group]
         if [p for p in unique for _ in range(group)] != list(prompts):
             raise RuntimeError("rollout batch is not made of consecutive groups of identical prompts")
+        seed = self.args.seed + self.state.global_step
+        if not self.args.seed_rollouts_per_prompt:
+            # One stream per process: processes drawing from the same stream sample correlated groups.
+            seed = seed * self.accelerator.num_processes + self.accelerator.process_index
         sampling = SamplingConfig(
             temperature=self.temperature,
             top_p=self.args.top_p,
             top_k=self.args.top_k,  # None, 0 or -1 (Unsloth's rewrite): all mean disabled
             min_p=self.args.min_p or 0.0,
             max_tokens=self.max_completion_length,
-            seed=self.args.seed + self.state.global_step,
+            seed=seed,
+            seed_per_prompt=self.args.seed_rollouts_per_prompt,
         )
         self.model.eval()  # no dropout while sampling
         groups = self.rollout_engine.generate(unique, group, sampling)
@@ -187,7 +209,7 @@ class SENTTrainer(GRPOTrainer):
             raise NotImplementedError("sete_lite trains text-only models; multimodal inputs are not supported")
         entropy_grad = compute_entropy and self.args.needs_entropy_grad() and torch.is_grad_enabled()
         logps, entropies = completion_logprobs(
-            self.accelerator.unwrap_model(model),
+            model,  # as TRL passes it: wrapped by DDP with several processes
             input_ids,
             attention_mask,
             logits_to_keep,
@@ -209,14 +231,17 @@ class SENTTrainer(GRPOTrainer):
         if self.args.needs_reference() and "ref_per_token_logps" not in output:
             output["ref_per_token_logps"] = self._reference_logps(output)
         if mode == "train" and "id" in inputs[0]:
-            group = self.num_generations
-            # "step" is the optimizer step these completions train (1-based, like the logged metrics).
-            ids = [x["id"] for x in inputs][::group]
-            self.rollout_log.append({"step": self.state.global_step + 1, "ids": ids})
+            # The prompts of the whole generation batch, every process's slice in order; "step" is the
+            # optimizer step these completions train (1-based, like the logged metrics).
+            ids = gather_object([x["id"] for x in inputs][:: self.num_generations])
+            if self.accelerator.is_main_process:
+                self.rollout_log.append({"step": self.state.global_step + 1, "ids": ids})
         if "stage" in inputs[0]:
-            self._metrics[mode]["curriculum/stage"].append(max(float(x["stage"]) for x in inputs))
+            stage = self.accelerator.gather(torch.tensor([max(float(x["stage"]) for x in inputs)])).max()
+            self._metrics[mode]["curriculum/stage"].append(stage.item())
         if "se" in inputs[0]:
-            self._metrics[mode]["curriculum/mean_se"].append(sum(float(x["se"]) for x in inputs) / len(inputs))
+            se = self.accelerator.gather(torch.tensor([float(x["se"]) for x in inputs]))
+            self._metrics[mode]["curriculum/mean_se"].append(se.mean().item())
         self._metrics[mode]["rollout_time"].append(time.perf_counter() - started)
         return output
 
@@ -287,8 +312,12 @@ class SENTTrainer(GRPOTrainer):
         return tokens / self.args.steps_per_generation if training else tokens
 
     def _log_loss_stats(self, stats: dict[str, float], inputs: dict[str, Any]) -> None:
-        """Loss statistics under TRL's metric names where TRL has one, `sent/...` otherwise."""
+        """Loss statistics under TRL's metric names where TRL has one, `sent/...` otherwise; with
+        several processes, the mean over them (every process computes its own micro-batch's)."""
         mode = "train" if self.model.training else "eval"
+        names = sorted(stats)
+        means = self.accelerator.gather(torch.tensor([[stats[name] for name in names]])).mean(0).tolist()
+        stats = dict(zip(names, means, strict=True))
         metrics = self._metrics[mode]
         metrics["entropy"].append(stats["entropy_mean"])
         metrics["clip_ratio"].append(stats["clip_ratio"])
@@ -305,4 +334,4 @@ class SENTTrainer(GRPOTrainer):
         if sampling is not None and self.last_loss_inputs is not None:
             mask = inputs["completion_mask"].bool()
             gap = (sampling - self.last_loss_inputs["logp"]).abs()[mask]
-            metrics["sampling/logp_gap_mean"].append(gap.mean().item())
+            metrics["sampling/logp_gap_mean"].append(self.accelerator.gather(gap.mean()[None]).mean().item())

@@ -44,7 +44,7 @@ def test_cpu_default_builds():
 
 def test_every_key_has_one_declaration():
     """No two sete_lite config classes declare the same key. TRL's keys that sete_lite declares again:
-    the loss keys whose default depends on the mode, the one default it changes on purpose, and two
+    the loss keys whose default depends on the mode, the two defaults it changes on purpose, and two
     that the score and eval commands (which build no TRL config) need, with TRL's default."""
     from trl import GRPOConfig
 
@@ -57,7 +57,7 @@ def test_every_key_has_one_declaration():
     redeclared = {name for name in seen if name in trl_keys}
     assert redeclared == {
         "loss_type", "epsilon", "epsilon_high", "beta", "entropy_coef", "top_entropy_quantile",
-        "vllm_importance_sampling_correction", "seed", "trust_remote_code",
+        "vllm_importance_sampling_correction", "ddp_find_unused_parameters", "seed", "trust_remote_code",
     }  # fmt: skip
     trl_defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
     from sete_lite.config import SharedConfig

@@ -353,3 +353,14 @@ def test_the_unsloth_engine_wakes_itself_whoever_put_it_to_sleep(policy, monkeyp
     assert llm.asleep
     engine.generate(["1+1="], 2, SamplingConfig())  # the next rollout, or a stage-end evaluation
     assert llm.generated == 2
+
+
+def test_seed_per_prompt_samples_the_same_whatever_the_batch(policy):
+    model, tokenizer = policy
+    engine = TransformersEngine(model, tokenizer, batch_size=2)
+    sampling = SamplingConfig(max_tokens=10, seed=11, seed_per_prompt=True)
+    together = engine.generate(PROMPTS, 3, sampling)
+    apart = [engine.generate([prompt], 3, sampling)[0] for prompt in reversed(PROMPTS)][::-1]
+    assert together == apart  # each prompt's samples depend on (seed, prompt) only
+    shared = engine.generate(PROMPTS, 3, SamplingConfig(max_tokens=10, seed=11))
+    assert shared[1:] != [engine.generate([p], 3, SamplingConfig(max_tokens=10, seed=11))[0] for p in PROMPTS[1:]]
