@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from test_score import ScriptedEngine, make_records, simple_script
 
 from sete_lite.atomic import read_jsonl
-from sete_lite.distributed import Processes, refuse_several_processes
+from sete_lite.distributed import Processes, launcher_note, refuse_several_processes
 from sete_lite.score import ScoreConfig, score_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,6 +95,14 @@ def test_a_killed_shared_pass_resumes_with_any_number_of_processes(tmp_path: Pat
     )  # fmt: skip
     assert results[0] == results[2] == fresh
     assert sorted(row["id"] for row in read_jsonl(tmp_path / "scores.jsonl")) == sorted(r["id"] for r in records)
+
+
+def test_an_accelerate_cpu_launch_says_how_to_start_several_processes(monkeypatch) -> None:
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # what `accelerate launch --cpu` exports
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # ... and it starts one process
+    assert "torchrun --nproc_per_node N" in launcher_note()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launcher_note() is None
 
 
 def test_commands_of_one_process_refuse_a_launch_of_several(monkeypatch) -> None:
@@ -207,8 +215,9 @@ def test_the_main_process_alone_writes_the_run_directory(runs) -> None:
         }
 
 
-def adapter_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(run / "adapter" / "adapter_model.safetensors")
+def adapter_weights(run: Path, stage: int | None = None) -> dict[str, torch.Tensor]:
+    directory = run / "adapter" if stage is None else run / "adapter" / f"stage-{stage}"
+    return load_file(directory / "adapter_model.safetensors")
 
 
 def test_grpo_trains_the_adapter_of_the_one_process_run(runs) -> None:
@@ -222,6 +231,9 @@ def test_grpo_trains_the_adapter_of_the_one_process_run(runs) -> None:
     difference = max((one[key] - two[key]).abs().max().item() for key in one)
     assert moved > 1e-2
     assert difference < 1e-4 and difference < moved / 100
+    # The stage-0 adapter is saved at the same step (the stage boundary counts every process's batch).
+    one, two = adapter_weights(runs["one"], stage=0), adapter_weights(runs["two"], stage=0)
+    assert max((one[key] - two[key]).abs().max().item() for key in one) < 1e-4
 
 
 def test_a_killed_two_process_run_resumes(runs, tmp_path: Path) -> None:
