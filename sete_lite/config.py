@@ -50,6 +50,13 @@ class SharedConfig:
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be at least 1, got {self.num_threads}")
 
+    def apply_num_threads(self) -> None:
+        """Give torch `num_threads` CPU threads (when set); every command calls it before loading."""
+        if self.num_threads:
+            import torch
+
+            torch.set_num_threads(self.num_threads)
+
 
 def field_names(*dataclass_types: type) -> list[str]:
     """All field names of the given dataclasses, in declaration order, each once."""

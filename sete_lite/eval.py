@@ -466,6 +466,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_engine_possible(shared.rollout_engine, model_cfg)
     check_writable_dir(Path(cfg.eval_output_dir), "--output-dir (eval_output_dir)")
     benchmarks = load_benchmarks(cfg)  # before the model: bad data fails in seconds
+    shared.apply_num_threads()
     model, tokenizer = load_policy(model_cfg, seed=shared.seed)
     benchmarks = benchmark_prompts(benchmarks, tokenizer, cfg)
     engine = make_engine(shared.rollout_engine, model, tokenizer, model_cfg, seed=shared.seed)

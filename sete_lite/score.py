@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     check_engine_possible(shared.rollout_engine, model_cfg)
     check_writable_dir(Path(cfg.se_scores_dir), "se_scores_dir")
+    shared.apply_num_threads()
     records = load_records(data_cfg)
     processes = launched_processes()  # before the model loads: each process of a launch on its own GPU
     model, tokenizer = load_policy(model_cfg, seed=shared.seed)

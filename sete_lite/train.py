@@ -115,7 +115,6 @@ def run(
     every process checks, scores its share of the SE batches and trains its slice of each batch; the
     main process alone evaluates and writes, and the others return no summary (None)."""
     import datasets
-    import torch
     from transformers import PrinterCallback, ProgressCallback
 
     from sete_lite.atomic import check_writable_dir
@@ -153,8 +152,7 @@ def run(
 
     # Everything cheap first: a bad config or dataset fails before a model is loaded.
     check_settings(configs)
-    if shared.num_threads:
-        torch.set_num_threads(shared.num_threads)
+    shared.apply_num_threads()
     reward_funcs = resolve_reward_functions(run_cfg.reward_funcs, answer_timeout_s=shared.answer_timeout_s)
     records = load_records(data_cfg)
     evaluating = run_cfg.eval_before_training or run_cfg.eval_at_stage_end

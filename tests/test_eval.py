@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+import torch
 
 from sete_lite.arith.tiny import randomize_lora
 from sete_lite.config import SharedConfig
@@ -358,3 +359,17 @@ def test_a_directory_without_adapter_config_is_named_with_the_fix(tmp_path: Path
     expected = f"adapter_path '{tmp_path}' has no adapter_config.json; point it at a directory written by"
     with pytest.raises(FileNotFoundError, match=re.escape(expected)):
         check_adapter_dir(str(tmp_path), ModelConfig())
+
+
+def test_the_eval_command_honours_num_threads(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from sete_lite.eval import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = ["--config", str(REPO / "configs" / "eval_tiny.yaml"), "--model", str(tiny_model_dir), "--n", "1"]
+        args += ["--k", "1", "--max-problems", "1"]
+        main([*args, "--output-dir", str(tmp_path / "e"), "--set", "num_threads=2"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

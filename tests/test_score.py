@@ -218,7 +218,8 @@ def one_torch_thread() -> Iterator[None]:
 def test_cli_end_to_end_with_a_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     scores_dir = tmp_path / "scores"
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, scores_dir, max_prompts=6)
-    rows = main(["--config", str(config), "--set", "num_stages=3"])
+    rows = main(["--config", str(config), "--set", "num_stages=3", "--set", "num_threads=2"])
+    assert torch.get_num_threads() == 2  # the shared key reaches this command too (the fixture set 1)
     assert len(rows) == 6
     for row in rows:
         assert len(row["answers"]) == 4 and len(row["mean_logprobs"]) == 4
