@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sete_lite.arith import DEFAULT_CONFIG
+from sete_lite.arith import DEFAULT_CONFIG, SUMS_CONFIG
 from sete_lite.config import check_known_keys, field_names, load_yaml, parse_config
 from sete_lite.train import config_classes
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = [*sorted((REPO / "configs").glob("*.yaml")), DEFAULT_CONFIG]  # the presets and the packaged default
+CONFIGS = [*sorted((REPO / "configs").glob("*.yaml")), DEFAULT_CONFIG, SUMS_CONFIG]  # presets and packaged configs
 
 
 def declared_here(cls: type) -> set[str]:
@@ -40,6 +40,15 @@ def test_cpu_default_builds():
 
     configs = parse_train_config("builtin:arith-cpu", [])
     assert configs.train.mode == "sent" and configs.curriculum.curriculum and configs.curriculum.num_stages == 2
+
+
+def test_sums_config_builds():
+    from sete_lite.train import parse_train_config
+
+    configs = parse_train_config("builtin:sums-cpu", [])
+    assert configs.model.model_name_or_path == "builtin:sums-qwen2" and configs.train.learning_rate == 1e-3
+    # 256 prompts x 8 epochs over 2 stages, 4 prompts x 8 completions per step: 512 steps.
+    assert configs.curriculum.epochs_per_stage == 8 and configs.train.per_device_train_batch_size == 32
 
 
 def test_every_key_has_one_declaration():

@@ -77,7 +77,9 @@ def test_the_library_never_imports_the_toy_world():
     # ... and finds what the toy world ships by name, through the entry points it registers.
     from sete_lite.builtins import builtin_names, resolve_builtin
 
-    assert {"arith-qwen2", "arith-train", "arith-test", "arith-cpu"} <= set(builtin_names())
+    names = set(builtin_names())
+    assert {"arith-qwen2", "arith-train", "arith-test", "arith-cpu"} <= names
+    assert {"sums-qwen2", "sums-train", "sums-test", "sums-cpu"} <= names
     assert Path(resolve_builtin("builtin:arith-cpu")).is_file()
     with pytest.raises(ValueError, match="unknown built-in 'builtin:nope'"):
         resolve_builtin("builtin:nope")

@@ -1,22 +1,33 @@
-"""`python -m sete_lite.arith.study`: SENT against its baselines on the built-in arithmetic task, at an equal budget.
+"""`python -m sete_lite.arith.study`: SENT against its baselines on a built-in task, at an equal budget.
 
-This module owns the toy study of docs/results/toy_study.md. Every method trains the same
-warm-started base model (`builtin:arith-qwen2`) through the normal pipeline (`sete_lite.train.run`:
-SE scoring, curriculum, SENTTrainer) with the same steps, prompts per step, rollouts per prompt and
-completion length; only the loss mode and the curriculum switch differ (METHODS). After training,
-each run is measured on the held-out split (builtin:arith-test):
+This module owns the toy studies of docs/results/toy_study.md (the arithmetic task, `--config
+builtin:arith-cpu`, the default) and docs/results/sums_study.md (the sums task, `--config
+builtin:sums-cpu`, where the base policy has real forking tokens). Every method trains the same
+warm-started base model (the config's `model_name_or_path`) through the normal pipeline
+(`sete_lite.train.run`: SE scoring, curriculum, SENTTrainer) with the same steps, prompts per step,
+rollouts per prompt and completion length; only the loss mode and the curriculum switch differ
+(METHODS; the sums study adds the released-code variant, SUMS_METHODS). After training, each run is
+measured on the config's held-out split (its first `eval_benchmarks` entry, `eval_num_samples`
+samples per problem, Pass@k for each of `eval_k`):
 
-- Avg@8 and Pass@8 (and Pass@1) through sete_lite.eval's unbiased estimator, temperature 1.0;
+- Avg@n and Pass@k through sete_lite.eval's unbiased estimator, temperature 1.0;
 - on those held-out samples: mean token entropy, mean entropy over the low-entropy set (the lowest
   80% of tokens, SENT's T_low), response length, and KL(pi || ref) to the base model (the mean
   per-token log-ratio log pi - log ref of the sampled tokens, an unbiased estimate);
-- over training (metrics.jsonl): reward and mean token entropy per step.
+- over training (metrics.jsonl): reward and mean token entropy per step;
+- with `--trajectory-every N` (the sums study: 16): the held-out token entropy and accuracy on the
+  first TRAJECTORY_PROBLEMS held-out problems x TRAJECTORY_SAMPLES samples at step 0 and every N steps
+  (from the run's checkpoints, each kept for this);
+- on the sums task, the solution paths the held-out samples take (sete_lite.arith.sums.solution_path):
+  the share of samples that are valid paths, distinct valid paths per problem, and the entropy at the
+  fork and the forced positions of the valid ones.
 
 Each run writes result.json in its directory and is skipped when that file exists, so an
 interrupted study resumes and the tables and plots are rebuilt from the JSON without retraining:
 
     python -m sete_lite.arith.study --out docs/results/toy_study            # the sweep, then methods x seeds
     python -m sete_lite.arith.study --out docs/results/toy_study --report   # tables and plots from result.json
+    python -m sete_lite.arith.study --config builtin:sums-cpu --out docs/results/sums_study --trajectory-every 16
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from typing import Any
 
 import torch
 
-from sete_lite.arith import DEFAULT_CONFIG
+from sete_lite.arith import DEFAULT_CONFIG, SUMS_CONFIG
 from sete_lite.atomic import write_text
 
 # The methods of the paper's comparison (docs/method.md, section 4) as config overrides of the default run.
@@ -69,9 +80,67 @@ SWEEP: dict[str, dict[str, Any]] = {
     }
     for kappa, beta_low, beta_high in SWEEP_POINTS
 }
+# The sums study (--config builtin:sums-cpu): the methods above but kl_cov with one step per rollout batch
+# (on-policy its penalty has zero gradient: the arithmetic study measured it identical to grpo, run for
+# run), plus the released code's variant, which also acts through |log pi - log pi_old| penalties only
+# off-policy (hence 2 optimizer steps per rollout batch).
+SUMS_METHODS: dict[str, dict[str, Any]] = {
+    **{name: overrides for name, overrides in METHODS.items() if name != "kl_cov"},
+    "sent_code_2_steps_per_batch": {"mode": "sent_code", "curriculum": True, "steps_per_generation": 2},
+}
+# On the sums task the KL on T_low meets real collapsed forks, so the scale is swept further up; and the
+# forks are only about a tenth of the tokens, below the top 20% that rho = 0.8 leaves free, so two points
+# move rho to 0.95, where the lower-entropy half of the forks can enter T_low.
+SUMS_SWEEP_POINTS = [
+    *((kappa, beta_low, beta_high, 0.8) for kappa, beta_low, beta_high in SWEEP_POINTS),
+    (0.002, 2.0, 8.0, 0.8),
+    (0.002, 0.01, 0.04, 0.95),
+    (0.002, 0.1, 0.4, 0.95),
+]
+SUMS_SWEEP: dict[str, dict[str, Any]] = {
+    f"sent_k{kappa}_bl{beta_low}_bh{beta_high}" + (f"_rho{rho}" if rho != 0.8 else ""): {
+        "mode": "sent",
+        "curriculum": True,
+        "high_cov_ratio": kappa,
+        "beta_low": beta_low,
+        "beta_high": beta_high,
+        **({"low_entropy_quantile": rho} if rho != 0.8 else {}),
+    }
+    for kappa, beta_low, beta_high, rho in SUMS_SWEEP_POINTS
+}
+# Every run name the studies know, with its overrides (a name means the same settings in every study).
+ALL_RUNS: dict[str, dict[str, Any]] = {**METHODS, **SWEEP, **SUMS_METHODS, **SUMS_SWEEP}
+TRAJECTORY_PROBLEMS = 32  # the held-out entropy trajectory: the first 32 held-out problems ...
+TRAJECTORY_SAMPLES = 4  # ... x 4 samples, at step 0 and at every kept checkpoint
 CURVE_KEYS = ("step", "reward", "entropy", "kl", "sent/entropy_low_mean", "completions/mean_length")
 SMOOTHING = 8  # steps in the moving average of the plotted training curves
 LOW_ENTROPY_QUANTILE = 0.8  # T_low = the lowest 80% of tokens by entropy, as in the SENT loss
+
+
+def study_runs(config: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(methods, sweep) of the study of a config: the sums task's, or the arithmetic task's for any other."""
+    from sete_lite.builtins import resolve_builtin
+
+    if Path(resolve_builtin(str(config))).resolve() == SUMS_CONFIG.resolve():
+        return SUMS_METHODS, SUMS_SWEEP
+    return METHODS, SWEEP
+
+
+def eval_settings(config: str | Path) -> dict[str, Any]:
+    """The held-out split (a local path), n and the k of Pass@k, and the length cap, from a config."""
+    from sete_lite.builtins import resolve_builtin
+    from sete_lite.config import read_values
+
+    values = read_values(resolve_builtin(str(config)))
+    benchmarks = values.get("eval_benchmarks", ["builtin:arith-test"])
+    benchmarks = [benchmarks] if isinstance(benchmarks, str) else benchmarks
+    n = values.get("eval_num_samples", 8)
+    return {
+        "path": resolve_builtin(benchmarks[0]),
+        "num_samples": n,
+        "k": sorted({1, n, *values.get("eval_k", [])}),
+        "max_tokens": values.get("eval_max_tokens", 64),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,13 +148,16 @@ LOW_ENTROPY_QUANTILE = 0.8  # T_low = the lowest 80% of tokens by entropy, as in
 
 
 @torch.no_grad()
-def policy_statistics(model: Any, tokenizer: Any, samples: list[dict], prompts: dict[str, str]) -> dict[str, float]:
+def policy_statistics(
+    model: Any, tokenizer: Any, samples: list[dict], prompts: dict[str, str], per_sample: list | None = None
+) -> dict[str, float]:
     """Entropy, low-entropy-set entropy, KL(pi || ref) and length over sampled held-out completions,
     computed as the trainer computes them (sete_lite.logprobs.completion_logprobs; the reference =
     the adapters switched off).
 
     The completions are re-tokenized from their text (the character-level tokenizer round-trips
-    exactly) plus the EOS that ended them.
+    exactly) plus the EOS that ended them. `per_sample`, when given, receives each sample's token
+    entropies (a tensor, empty for an empty completion), in the order of `samples`.
     """
     from sete_lite.logprobs import completion_logprobs
     from sete_lite.rollout import adapters, encode_prompts
@@ -108,6 +180,8 @@ def policy_statistics(model: Any, tokenizer: Any, samples: list[dict], prompts: 
         with adapters(model, False):
             ref, _ = completion_logprobs(model, ids, mask, k)
         for row, n in enumerate(completion_lengths):
+            if per_sample is not None:
+                per_sample.append(entropy[row, k - n :] if n else entropy[row, :0])
             if n:
                 entropies.append(entropy[row, k - n :])
                 log_ratios.append(logp[row, k - n :] - ref[row, k - n :])
@@ -122,29 +196,135 @@ def policy_statistics(model: Any, tokenizer: Any, samples: list[dict], prompts: 
     }
 
 
-def load_trained(settings: list[str], adapter: Path | None) -> tuple[Any, Any]:
-    """The default config's policy (with `settings` applied), with a run's saved adapter when given."""
+def load_trained(settings: list[str], adapter: Path | None, config: str | Path = DEFAULT_CONFIG) -> tuple[Any, Any]:
+    """The config's policy (with `settings` applied), with a run's saved adapter when given."""
     from sete_lite.model import load_policy
     from sete_lite.train import parse_train_config
 
-    configs = parse_train_config(DEFAULT_CONFIG, settings)
+    configs = parse_train_config(config, settings)
     model_cfg = configs.model
     if adapter is not None:
         model_cfg = dataclasses.replace(model_cfg, adapter_path=str(adapter))
     return load_policy(model_cfg, seed=configs.shared.seed)
 
 
-def measure(model: Any, tokenizer: Any, seed: int) -> dict[str, float]:
-    """Held-out Avg@8 / Pass@1 / Pass@8 and the policy statistics of one policy."""
+def sums_problem(prompt: str) -> Any:
+    """The sums problem a prompt states, or None when the prompt is not one of the sums task's."""
+    from sete_lite.arith.sums import problem_of
+
+    try:
+        return problem_of(prompt.split("\n")[0])
+    except ValueError:
+        return None
+
+
+def path_statistics(samples: list[dict], prompts: dict[str, str], entropies: list) -> dict[str, float]:
+    """On the sums task: the share of samples that are valid solution paths, the mean count of distinct
+    valid paths per problem, the share of valid paths that add in the listed order, and the mean token
+    entropy at the fork and at the forced positions of the valid paths (sete_lite.arith.sums). Empty
+    for another task."""
+    from sete_lite.arith.sums import position_options, solution_path
+
+    problems = {key: sums_problem(prompt) for key, prompt in prompts.items()}
+    if not problems or any(p is None for p in problems.values()):
+        return {}
+    paths: dict[str, set] = {key: set() for key in problems}
+    valid = listed = 0
+    at = {"fork": [0.0, 0], "forced": [0.0, 0]}
+    for sample, entropy in zip(samples, entropies, strict=True):
+        problem = problems[sample["id"]]
+        path = solution_path(problem, sample["text"])
+        if path is None:
+            continue
+        valid += 1
+        listed += path == problem.numbers
+        paths[sample["id"]].add(path)
+        text = sample["text"].strip()
+        for t, options in enumerate(position_options(problem, text)):
+            kind = "fork" if options > 1 else "forced"
+            at[kind][0] += entropy[t].item()
+            at[kind][1] += 1
+    return {
+        "valid_path_rate": valid / len(samples),
+        "distinct_paths": statistics.fmean(len(p) for p in paths.values()),
+        "listed_order_rate": listed / max(1, valid),
+        "entropy_fork": at["fork"][0] / max(1, at["fork"][1]),
+        "entropy_forced": at["forced"][0] / max(1, at["forced"][1]),
+    }
+
+
+def pass_at(samples: list[dict], k: int) -> float:
+    """Pass@k over problems from graded samples (sete_lite.eval's unbiased estimator)."""
+    from sete_lite.eval import pass_at_k
+
+    verdicts: dict[str, list[bool]] = {}
+    for sample in samples:
+        verdicts.setdefault(sample["id"], []).append(bool(sample["correct"]))
+    return statistics.fmean(pass_at_k(len(v), sum(v), k) for v in verdicts.values())
+
+
+def measure(
+    model: Any,
+    tokenizer: Any,
+    seed: int,
+    config: str | Path = DEFAULT_CONFIG,
+    *,
+    num_samples: int | None = None,
+    max_problems: int | None = None,
+) -> dict[str, float]:
+    """Held-out Avg@n / Pass@k (the config's split, n and k) and the policy statistics of one policy
+    (`num_samples` / `max_problems` shrink the measurement, for the trajectory)."""
     from sete_lite.arith.task import heldout_accuracy
     from sete_lite.rollout import TransformersEngine
 
-    heldout = heldout_accuracy(TransformersEngine(model, tokenizer), seed=seed, save_texts=True, progress=False)
-    stats = policy_statistics(model, tokenizer, heldout["samples"], heldout["prompts"])
-    return {"avg@8": heldout["avg"], "pass@1": heldout["pass@k"]["1"], "pass@8": heldout["pass@k"]["8"], **stats}
+    settings = eval_settings(config)
+    n = num_samples or settings["num_samples"]
+    heldout = heldout_accuracy(
+        TransformersEngine(model, tokenizer),
+        settings["path"],
+        num_samples=n,
+        max_tokens=settings["max_tokens"],
+        max_problems=max_problems,
+        seed=seed,
+        save_texts=True,
+        progress=False,
+    )
+    entropies: list = []
+    stats = policy_statistics(model, tokenizer, heldout["samples"], heldout["prompts"], entropies)
+    passes = {f"pass@{k}": pass_at(heldout["samples"], k) for k in settings["k"] if k <= n}
+    return {
+        f"avg@{n}": heldout["avg"],
+        **passes,
+        **stats,
+        **path_statistics(heldout["samples"], heldout["prompts"], entropies),
+    }
 
 
-def score_once(out: Path, seed: int, settings: list[str]) -> Path:
+def heldout_trajectory(
+    run_dir: Path, model: Any, tokenizer: Any, seed: int, config: str | Path
+) -> dict[str, list[float]]:
+    """Held-out entropy and accuracy at step 0 and at each checkpoint the run kept, on
+    TRAJECTORY_PROBLEMS problems x TRAJECTORY_SAMPLES samples. `model` must come with a fresh adapter
+    (load_trained without one): at step 0 it is the base policy, then each checkpoint's weights are loaded."""
+    from sete_lite.model import load_adapter_weights
+    from sete_lite.rundir import RunDir, trainer_step
+
+    points = [(0, None)] + [(trainer_step(c), c) for c in RunDir(run_dir).checkpoints()]
+    curve: dict[str, list[float]] = {"step": [], "entropy": [], "entropy_low": [], "avg": [], "entropy_fork": []}
+    for step, checkpoint in sorted(points, key=lambda p: p[0]):
+        if checkpoint is not None:
+            load_adapter_weights(model, str(checkpoint))
+        measured = measure(
+            model, tokenizer, seed, config, num_samples=TRAJECTORY_SAMPLES, max_problems=TRAJECTORY_PROBLEMS
+        )
+        curve["step"].append(step)
+        curve["avg"].append(measured[f"avg@{TRAJECTORY_SAMPLES}"])
+        for key in ("entropy", "entropy_low", "entropy_fork"):
+            curve[key].append(measured.get(key))
+    return curve
+
+
+def score_once(out: Path, seed: int, settings: list[str], config: str | Path = DEFAULT_CONFIG) -> Path:
     """SE scores of the training prompts for one seed, shared by every run with that seed.
 
     They depend on the base model, the data and the seed only (no run's loss or curriculum setting
@@ -158,7 +338,7 @@ def score_once(out: Path, seed: int, settings: list[str]) -> Path:
     from sete_lite.train import parse_train_config
 
     scores_dir = out / "se_scores" / f"seed{seed}"
-    cfg = parse_train_config(DEFAULT_CONFIG, [*settings, f"seed={seed}"])
+    cfg = parse_train_config(config, [*settings, f"seed={seed}"])
     model, tokenizer = load_policy(cfg.model, seed=seed)
     engine = make_engine(cfg.shared.rollout_engine, model, tokenizer, cfg.model, seed=seed)
     records = policy_prompts(load_records(cfg.data), tokenizer, cfg.data)
@@ -174,25 +354,43 @@ def score_once(out: Path, seed: int, settings: list[str]) -> Path:
     return scores_dir
 
 
-def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
+def run_one(
+    name: str,
+    seed: int,
+    out: Path,
+    extra: list[str],
+    config: str | Path = DEFAULT_CONFIG,
+    trajectory_every: int | None = None,
+) -> dict[str, Any]:
     """Train one method with one seed (the normal `python -m sete_lite.train` path, its output in
-    train.log), evaluate the saved adapter on the held-out split, and write result.json."""
+    train.log), evaluate the saved adapter on the held-out split, and write result.json.
+
+    With `trajectory_every`, the run keeps a checkpoint every that many steps and the held-out
+    entropy trajectory is measured from them (heldout_trajectory)."""
     from sete_lite.atomic import read_jsonl
     from sete_lite.rundir import RunDir
     from sete_lite.train import main as train
 
     torch.set_num_threads(1)
-    overrides = {**METHODS, **SWEEP}[name]
+    overrides = ALL_RUNS[name]
     run_dir = out / "runs" / name / f"seed{seed}"
     settings = [f"{k}={v}" for k, v in overrides.items()] + [f"seed={seed}", *extra]
+    if trajectory_every:
+        settings += [f"save_steps={trajectory_every}", "save_total_limit=1000"]
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run restarts from scratch
     layout = RunDir(run_dir)
     shutil.copytree(out / "se_scores" / f"seed{seed}", layout.se_scores)
     started = time.perf_counter()
     with open(run_dir / "train.log", "w") as log, redirect_stdout(log), redirect_stderr(log):
-        summary = train(["--output-dir", str(run_dir), *(a for s in settings for a in ("--set", s))])
-        model, tokenizer = load_trained(settings, layout.adapter)
-        measured = measure(model, tokenizer, seed)
+        summary = train(
+            ["--config", str(config), "--output-dir", str(run_dir), *(a for s in settings for a in ("--set", s))]
+        )
+        model, tokenizer = load_trained(settings, layout.adapter, config)
+        measured = measure(model, tokenizer, seed, config)
+        trajectory = None
+        if trajectory_every:
+            fresh, tokenizer = load_trained(settings, None, config)
+            trajectory = heldout_trajectory(run_dir, fresh, tokenizer, seed, config)
     rows = read_jsonl(layout.metrics)
     result = {
         "method": name,
@@ -202,23 +400,30 @@ def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]
         "steps": summary["steps"],
         "seconds": round(time.perf_counter() - started, 1),
         "curves": {key: [row.get(key) for row in rows] for key in CURVE_KEYS},
+        **({"heldout_curve": trajectory} if trajectory else {}),
     }
     # Keep the study directory small (it is committed): the log and result.json (with the curves) only.
     for path in run_dir.iterdir():
         if path.name != "train.log":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     write_text(run_dir / "result.json", json.dumps(result, indent=1) + "\n")
-    print(f"{name} seed {seed}: Avg@8 {result['avg@8']:.3f}  Pass@8 {result['pass@8']:.3f}  {result['seconds']} s")
+    n, k = sample_count(result), largest_k(result)
+    print(
+        f"{name} seed {seed}: Avg@{n} {result[f'avg@{n}']:.3f}  Pass@{k} {result[f'pass@{k}']:.3f}  "
+        f"entropy {result['entropy']:.4f}  {result['seconds']} s"
+    )
     return result
 
 
-def base_result(out: Path, seeds: list[int], settings: list[str]) -> dict[str, Any]:
+def base_result(
+    out: Path, seeds: list[int], settings: list[str], config: str | Path = DEFAULT_CONFIG
+) -> dict[str, Any]:
     """The warm-started base model (adapters off, i.e. before any RL) on the held-out split."""
     path = out / "base" / "result.json"
     if path.exists():
         return json.loads(path.read_text())
-    model, tokenizer = load_trained(settings, None)
-    result = {"method": "base", "runs": [measure(model, tokenizer, seed) for seed in seeds]}
+    model, tokenizer = load_trained(settings, None, config)
+    result = {"method": "base", "runs": [{"seed": seed, **measure(model, tokenizer, seed, config)} for seed in seeds]}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(result, indent=1) + "\n")
     return result
@@ -249,19 +454,34 @@ def final_train_entropy(result: dict[str, Any], last: int = 5) -> float:
     return statistics.fmean(values)
 
 
+def sample_count(result: dict[str, Any]) -> int:
+    """n of a result's Avg@n."""
+    return next(int(key[4:]) for key in result if key.startswith("avg@"))
+
+
+def largest_k(result: dict[str, Any]) -> int:
+    """The largest k of a result's Pass@k."""
+    return max(int(key[5:]) for key in result if key.startswith("pass@"))
+
+
 def table(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None) -> str:
     """A markdown table in percent (accuracy) and nats (entropy, KL), mean ± std over seeds."""
+    first = next((runs[0] for runs in results.values() if runs), base["runs"][0] if base else {"avg@8": 0, "pass@8": 0})
+    n, k = sample_count(first), largest_k(first)
+    paths = "distinct_paths" in first
     header = [
         "method",
         "seeds",
-        "Avg@8 (%)",
-        "Pass@8 (%)",
+        f"Avg@{n} (%)",
+        f"Pass@{k} (%)",
         "train entropy, last 5 steps",
         "held-out entropy",
         "held-out low-entropy-set entropy",
         "length (tokens)",
         "KL to ref",
     ]
+    if paths:
+        header += ["entropy at forks", "entropy at forced positions", "distinct correct paths / problem"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = [("base (no RL)", base["runs"])] if base else []
     rows += [(name, runs) for name, runs in results.items() if runs]
@@ -270,14 +490,20 @@ def table(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None)
         cells = [
             name,
             str(len(runs)),
-            mean_std([r["avg@8"] for r in runs], 100),
-            mean_std([r["pass@8"] for r in runs], 100),
+            mean_std([r[f"avg@{n}"] for r in runs], 100),
+            mean_std([r[f"pass@{k}"] for r in runs], 100),
             mean_std([final_train_entropy(r) for r in runs], digits=3) if trained else "",
             mean_std([r["entropy"] for r in runs], digits=3),
             mean_std([r["entropy_low"] for r in runs], digits=4),
             mean_std([r["length"] for r in runs]),
             mean_std([r["kl_ref"] for r in runs], digits=4),
         ]
+        if paths:
+            cells += [
+                mean_std([r["entropy_fork"] for r in runs], digits=3),
+                mean_std([r["entropy_forced"] for r in runs], digits=4),
+                mean_std([r["distinct_paths"] for r in runs], digits=2),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -338,42 +564,203 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path, stage_swit
     return path
 
 
-def stage_switches(results: dict[str, list[dict[str, Any]]]) -> list[int]:
-    """The steps after which the default config's curriculum moves to its next stage (equal stages)."""
+def stage_switches(results: dict[str, list[dict[str, Any]]], config: str | Path = DEFAULT_CONFIG) -> list[int]:
+    """The steps after which the config's curriculum moves to its next stage (equal stages)."""
+    from sete_lite.builtins import resolve_builtin
     from sete_lite.config import read_values
 
-    num_stages = read_values(DEFAULT_CONFIG).get("num_stages", 2)
+    num_stages = read_values(resolve_builtin(str(config))).get("num_stages", 2)
     steps = max((r["steps"] for runs in results.values() for r in runs), default=0)
     return [steps * k // num_stages for k in range(1, num_stages)] if steps else []
 
 
-def report(out: Path, seeds: list[int]) -> str:
-    """Write table.md, sweep.md, summary.json and curves PNGs in `out` from the result files."""
+def metric_keys(result: dict[str, Any]) -> list[str]:
+    """The scalar held-out measurements of a result, in a fixed order: Avg@n, Pass@k by k, then the rest."""
+    n = sample_count(result)
+    passes = sorted((k for k in result if k.startswith("pass@")), key=lambda k: int(k[5:]))
+    rest = ["entropy", "entropy_low", "length", "kl_ref"]
+    rest += [
+        k
+        for k in ("valid_path_rate", "distinct_paths", "listed_order_rate", "entropy_fork", "entropy_forced")
+        if k in result
+    ]
+    return [f"avg@{n}", *passes, *rest]
+
+
+def paired_differences(results: dict[str, list[dict[str, Any]]], reference: str = "grpo") -> str:
+    """A markdown table of each method minus `reference`, seed by seed (same seed: same SE scores, same
+    evaluation sampling seed), in Avg@n and Pass@k points and held-out entropy."""
+    ref = {r["seed"]: r for r in results.get(reference, [])}
+    if not ref:
+        return ""
+    first = next(iter(ref.values()))
+    n, k = sample_count(first), largest_k(first)
+    columns = [(f"avg@{n}", 100, 1, f"Δ Avg@{n} (points)"), (f"pass@{k}", 100, 1, f"Δ Pass@{k} (points)"),
+               ("entropy", 1, 3, "Δ held-out entropy (nats)")]  # fmt: skip
+    header = ["method", "seeds"] + [label for *_, label in columns]
+    lines = [f"each method minus {reference}, seed by seed (mean in brackets)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    for name, runs in results.items():
+        pairs = [(r, ref[r["seed"]]) for r in runs if r["seed"] in ref and name != reference]
+        if not pairs:
+            continue
+        cells = [name, " ".join(str(r["seed"]) for r, _ in pairs)]
+        for key, scale, digits, _ in columns:
+            diffs = [(r[key] - g[key]) * scale for r, g in pairs]
+            cells.append(", ".join(f"{d:+.{digits}f}" for d in diffs) + f" [{statistics.fmean(diffs):+.{digits}f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def stage_dip(results: dict[str, list[dict[str, Any]]], switch: int, window: int = 8) -> str:
+    """Training-batch entropy around the curriculum's stage switch, per curriculum method (mean over
+    seeds): the `window` steps before the switch, the first `window` after it, and the `window` after those."""
+    lines = [f"| method | steps {switch - window + 1}-{switch} | steps {switch + 1}-{switch + window} | "
+             f"steps {switch + window + 1}-{switch + 2 * window} |", "|---|---|---|---|"]  # fmt: skip
+    for name, runs in results.items():
+        if not runs or not ALL_RUNS[name].get("curriculum"):
+            continue
+        steps, values = mean_curve(runs, "entropy")
+        by_step = dict(zip(steps, values, strict=True))
+
+        def mean_over(first: int, last: int, table: dict[int, float] = by_step) -> str:
+            chosen = [table[s] for s in range(first, last + 1) if s in table]
+            return f"{statistics.fmean(chosen):.4f}" if chosen else ""
+
+        cells = [mean_over(switch - window + 1, switch), mean_over(switch + 1, switch + window),
+                 mean_over(switch + window + 1, switch + 2 * window)]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pass_at_k(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None, path: Path) -> Path:
+    """Pass@k against k (log scale) for the base, GRPO and SENT: mean over seeds, bars at min and max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = ([("base (no RL)", base["runs"])] if base else []) + [
+        (name, results[name]) for name in ("grpo", "sent") if results.get(name)
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, runs in groups:
+        ks = sorted(int(key[5:]) for key in runs[0] if key.startswith("pass@"))
+        values = [[100 * r[f"pass@{k}"] for r in runs] for k in ks]
+        means = [statistics.fmean(v) for v in values]
+        errors = [[m - min(v) for m, v in zip(means, values, strict=True)],
+                  [max(v) - m for m, v in zip(means, values, strict=True)]]  # fmt: skip
+        ax.errorbar(ks, means, yerr=errors, marker="o", capsize=3, label=f"{label} ({len(runs)} seeds)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k")
+    ax.set_ylabel("Pass@k on the held-out split (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Pass@k: mean over seeds, bars at min and max")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_entropy_bands(
+    results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None, path: Path, switches: list[int]
+) -> Path:
+    """Entropy trajectories, one panel per method, GRPO in grey on every panel: the held-out token
+    entropy (from the kept checkpoints, heldout_curve) as the mean over seeds with a band from the
+    lowest to the highest seed, and the training batches' entropy (SMOOTHING-step moving average, mean
+    over seeds) dashed. The dotted line marks the curriculum's stage switch (curriculum methods)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, runs in results.items() if runs and "heldout_curve" in runs[0]]
+    columns = 4
+    rows = max(1, math.ceil(len(names) / columns))
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(4.2 * columns, 3.3 * rows), sharex=True, sharey=True, squeeze=False
+    )
+    base_entropy = statistics.fmean(r["entropy"] for r in base["runs"]) if base else None
+
+    def band(runs: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float], list[float]]:
+        steps = runs[0]["heldout_curve"]["step"]
+        values = [[r["heldout_curve"]["entropy"][i] for r in runs] for i in range(len(steps))]
+        return steps, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+    for ax, name in zip(axes.flat, names, strict=False):
+        for label, runs, color in (("grpo", results.get("grpo"), "gray"), (name, results[name], "C0")):
+            if not runs or (label == "grpo" and name == "grpo"):
+                continue
+            steps, mean, low, high = band(runs)
+            ax.plot(steps, mean, color=color, marker="o", markersize=3, label=f"{label}: held-out")
+            ax.fill_between(steps, low, high, color=color, alpha=0.25)
+            train_steps, train = mean_curve(runs, "entropy")
+            ax.plot(train_steps, moving_average(train, SMOOTHING), color=color, linestyle="--", linewidth=1,
+                    label=f"{label}: training batches")  # fmt: skip
+        if base_entropy is not None:
+            ax.axhline(base_entropy, color="black", linewidth=0.8, linestyle="-.", label="base, full held-out split")
+        if ALL_RUNS.get(name, {}).get("curriculum"):
+            for step in switches:
+                ax.axvline(step, color="gray", linestyle=":", linewidth=1)
+        ax.set_title(f"{name} ({len(results[name])} seeds)", fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("token entropy (nats)")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("optimizer step")
+    if names:
+        axes.flat[min(1, len(names) - 1)].legend(fontsize=7)
+    fig.suptitle("held-out token entropy (solid: mean over seeds, band: lowest to highest seed) and training "
+                 f"batches' entropy (dashed, {SMOOTHING}-step average); grey: GRPO; dotted: stage switch")  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> str:
+    """Write table.md, sweep.md, summary.json and curves PNGs in `out` from the result files (for a
+    study with held-out trajectories also paired.md, stage_dip.md, entropy_bands.png, pass_at_k.png)."""
+    study_methods, study_sweep = study_runs(config)
     base_path = out / "base" / "result.json"
     base = json.loads(base_path.read_text()) if base_path.exists() else None
-    methods = load_results(out, list(METHODS))
-    sweep = load_results(out, list(SWEEP))
+    methods = load_results(out, list(study_methods))
+    sweep = load_results(out, list(study_sweep))
     text = table(methods, base)
     sweep_text = table(sweep, None)
     write_text(out / "table.md", text)
     write_text(out / "sweep.md", sweep_text)
-    plot_curves(methods, out / "curves.png", stage_switches(methods))
+    switches = stage_switches(methods, config)
+    plot_curves(methods, out / "curves.png", switches)
     # Training batches differ in difficulty between curriculum and shuffled runs: compare within each group.
     for group, curriculum in (("curriculum", True), ("shuffled", False)):
-        runs = {name: r for name, r in methods.items() if METHODS[name]["curriculum"] is curriculum}
-        plot_curves(runs, out / f"curves_{group}.png", stage_switches(runs) if curriculum else [])
-    plot_curves(sweep, out / "sweep_curves.png", stage_switches(sweep))
+        runs = {name: r for name, r in methods.items() if study_methods[name]["curriculum"] is curriculum}
+        plot_curves(runs, out / f"curves_{group}.png", stage_switches(runs, config) if curriculum else [])
+    plot_curves(sweep, out / "sweep_curves.png", stage_switches(sweep, config))
+    extra = ""
+    if any(runs and "heldout_curve" in runs[0] for runs in methods.values()):
+        paired = paired_differences(methods) + "\n" + paired_differences(methods, "sent")
+        dip = stage_dip({**methods, **sweep}, switches[0]) if switches else ""
+        write_text(out / "paired.md", paired)
+        write_text(out / "stage_dip.md", dip)
+        plot_entropy_bands(methods, base, out / "entropy_bands.png", switches)
+        plot_entropy_bands(sweep, base, out / "sweep_entropy_bands.png", switches)
+        plot_pass_at_k(methods, base, out / "pass_at_k.png")
+        extra = "\n" + paired + "\ntraining entropy around the stage switch\n" + dip
     summary = {
-        name: {
-            metric: statistics.fmean(r[metric] for r in runs)
-            for metric in ("avg@8", "pass@1", "pass@8", "entropy", "entropy_low", "length", "kl_ref")
-        }
+        name: {metric: statistics.fmean(r[metric] for r in runs) for metric in metric_keys(runs[0])}
         | {"seeds": [r["seed"] for r in runs]}
         for name, runs in {**methods, **sweep}.items()
         if runs
     }
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return text + "\nsweep (SENT coefficients)\n" + sweep_text
+    return text + "\nsweep (SENT coefficients)\n" + sweep_text + extra
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,32 +774,54 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        help="the task's training config, a YAML file or builtin:NAME (default: builtin:arith-cpu's file); "
+        "builtin:sums-cpu runs the sums study",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("docs/results/toy_study"), help="study directory (default: %(default)s)"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per method (default: 0 1 2)")
     parser.add_argument(
         "--sweep-seeds", type=int, nargs="+", default=[0, 1], help="seeds per sweep point (default: 0 1)"
     )
-    parser.add_argument("--only", nargs="+", choices=[*METHODS, *SWEEP], help="run these methods / sweep points only")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(ALL_RUNS),
+        help="run these methods / sweep points only (of the config's study)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="runs trained at the same time (one thread each)")
+    parser.add_argument(
+        "--trajectory-every",
+        type=int,
+        default=None,
+        help="keep a checkpoint every N steps and measure the held-out entropy trajectory from them",
+    )
     parser.add_argument("--report", action="store_true", help="only rebuild the tables and plots")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
     args = parser.parse_args(argv)
+    study_methods, study_sweep = study_runs(args.config)
     if not args.report:
         torch.set_num_threads(1)
-        base_result(args.out, args.seeds, args.set)
+        base_result(args.out, args.seeds, args.set, args.config)
         # The sweep first: its choice becomes LossConfig's default, which the methods' SENT runs use.
-        jobs = [(name, seed) for seed in args.sweep_seeds for name in SWEEP]
-        jobs += [(name, seed) for seed in args.seeds for name in METHODS]
+        jobs = [(name, seed) for seed in args.sweep_seeds for name in study_sweep]
+        jobs += [(name, seed) for seed in args.seeds for name in study_methods]
         jobs = [(name, seed) for name, seed in jobs if not args.only or name in args.only]
         jobs = [(n, s) for n, s in jobs if not (args.out / "runs" / n / f"seed{s}" / "result.json").exists()]
         for seed in sorted({seed for _, seed in jobs}):
-            score_once(args.out, seed, args.set)
+            score_once(args.out, seed, args.set, args.config)
         print(f"{len(jobs)} runs to do, {args.workers} at a time (each run's output: its train.log)")
         # One thread per run: a model this small is fastest that way, and runs then scale with cores.
         with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-            pool.starmap(run_one, [(name, seed, args.out, args.set) for name, seed in jobs], chunksize=1)
-    print(report(args.out, args.seeds))
+            pool.starmap(
+                run_one,
+                [(name, seed, args.out, args.set, args.config, args.trajectory_every) for name, seed in jobs],
+                chunksize=1,
+            )
+    print(report(args.out, args.seeds, args.config))
 
 
 if __name__ == "__main__":

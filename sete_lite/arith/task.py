@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,21 +142,35 @@ def to_record(problem: Problem, split: str, index: int) -> dict[str, Any]:
 
 
 def make_splits() -> dict[str, list[Problem]]:
-    """The shipped splits: the held-out split first, then the training split drawn around it."""
-    test_seed, test_size = SPLITS["test"]
-    test = generate(test_size, test_seed)
-    train_seed, train_size = SPLITS["train"]
-    train = generate(train_size, train_seed, exclude=[p.question for p in test])
+    """The shipped splits (SPLITS)."""
+    return draw_splits(generate, SPLITS)
+
+
+def draw_splits(draw: Callable[..., list], splits: dict[str, tuple[int, int]]) -> dict[str, list]:
+    """A task's splits from its generator `draw(n, seed, exclude=questions)` and its {split: (seed, size)}:
+    the held-out split first, then the training split drawn around it (no held-out question in it)."""
+    test_seed, test_size = splits["test"]
+    test = draw(test_size, test_seed)
+    train_seed, train_size = splits["train"]
+    train = draw(train_size, train_seed, exclude=[p.question for p in test])
     return {"train": train, "test": test}
 
 
 def write_splits(out_dir: str | Path = TEST_SPLIT.parent) -> dict[str, Path]:
     """Write arith_train.jsonl and arith_test.jsonl to `out_dir`; return their paths."""
+    return write_split_files(make_splits(), to_record, Path(out_dir) / "arith_{split}.jsonl")
+
+
+def write_split_files(
+    splits: dict[str, list], to_row: Callable[[Any, str, int], dict[str, Any]], pattern: Path
+) -> dict[str, Path]:
+    """Write each split's problems as jsonl rows (`to_row(problem, split, index)`) to `pattern` with
+    {split} filled in; return the paths by split."""
     paths = {}
-    for split, problems in make_splits().items():
-        paths[split] = Path(out_dir) / f"arith_{split}.jsonl"
+    for split, problems in splits.items():
+        paths[split] = Path(str(pattern).format(split=split))
         paths[split].parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(paths[split], [to_record(p, split, i) for i, p in enumerate(problems)])
+        write_jsonl(paths[split], [to_row(p, split, i) for i, p in enumerate(problems)])
     return paths
 
 

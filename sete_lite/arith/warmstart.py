@@ -85,11 +85,20 @@ def learning_rate(cfg: WarmstartConfig, step: int) -> float:
 
 def build(out_dir: str | Path, cfg: WarmstartConfig | None = None, *, progress: bool = True) -> Path:
     """Build the random model, fine-tune it on worked solutions, save it (and warmstart.json) to `out_dir`."""
+    cfg = cfg or WarmstartConfig()
+    return fit_and_save(out_dir, cfg, training_pairs(cfg), progress=progress)
+
+
+def fit_and_save(
+    out_dir: str | Path, cfg: WarmstartConfig, pairs: list[tuple[str, str]], *, progress: bool = True
+) -> Path:
+    """Build the random model of `cfg`'s shape, fine-tune it on the (prompt, solution) `pairs` with
+    `cfg`'s schedule, and save it with warmstart.json (the config, final loss and seconds) to `out_dir`.
+    Shared by every built-in task's warm start."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sete_lite.arith.tiny import build_tiny_model
 
-    cfg = cfg or WarmstartConfig()
     out_dir = Path(out_dir)
     build_tiny_model(
         out_dir,
@@ -103,7 +112,6 @@ def build(out_dir: str | Path, cfg: WarmstartConfig | None = None, *, progress: 
     )
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    pairs = training_pairs(cfg)
     order = random.Random(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     threads = torch.get_num_threads()
@@ -114,7 +122,7 @@ def build(out_dir: str | Path, cfg: WarmstartConfig | None = None, *, progress: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model.train()
-            bar = tqdm(range(cfg.steps), desc="warm start", unit="step", disable=not progress)
+            bar = tqdm(range(cfg.steps), desc="warm start", unit="step", disable=not progress, mininterval=10)
             for step in bar:
                 batch = collate(order.sample(pairs, cfg.batch_size), tokenizer)
                 for group in optimizer.param_groups:
@@ -131,7 +139,8 @@ def build(out_dir: str | Path, cfg: WarmstartConfig | None = None, *, progress: 
         torch.set_num_threads(threads)
     model.eval()
     model.save_pretrained(out_dir)
-    record = {"config": asdict(cfg), "final_loss": sum(losses[-20:]) / 20, "seconds": time.perf_counter() - started}
+    last = losses[-20:] or [float("nan")]
+    record = {"config": asdict(cfg), "final_loss": sum(last) / len(last), "seconds": time.perf_counter() - started}
     (out_dir / "warmstart.json").write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
 
