@@ -90,9 +90,11 @@ SUMS_METHODS: dict[str, dict[str, Any]] = {
 }
 # On the sums task the KL on T_low meets real collapsed forks, so the scale is swept further up; and the
 # forks are only about a tenth of the tokens, below the top 20% that rho = 0.8 leaves free, so two points
-# move rho to 0.95, where the lower-entropy half of the forks can enter T_low.
+# move rho to 0.95, where the lower-entropy half of the forks can enter T_low, and one raises the KL scale
+# at kappa = 0.2, where T_hc (the top-covariance tokens, which on this task are the forks) is large.
 SUMS_SWEEP_POINTS = [
     *((kappa, beta_low, beta_high, 0.8) for kappa, beta_low, beta_high in SWEEP_POINTS),
+    (0.2, 0.1, 0.4, 0.8),
     (0.002, 2.0, 8.0, 0.8),
     (0.002, 0.01, 0.04, 0.95),
     (0.002, 0.1, 0.4, 0.95),
