@@ -285,3 +285,10 @@ def test_the_sums_report_adds_paired_differences_and_its_plots(tmp_path):
     for name in ("entropy_bands.png", "pass_at_k.png", "curves.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "summary.json").read_text())["sent"]["pass@16"] == pytest.approx(0.825)
+    # Pass@k by k: base 0.55 (+0.05 at k=8, +0.1 at k=16) on both seeds; sent 0.65 / 0.8 -> 72.5 ± 10.6.
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ") for line in (tmp_path / "pass_at_k.md").read_text().splitlines()
+    }
+    assert rows["method"][2:] == ["Pass@1 (%)", "Pass@2 (%)", "Pass@4 (%)", "Pass@8 (%)", "Pass@16 (%) |"]
+    assert rows["base (no RL)"][2] == "55.0 ± 0.0" and rows["base (no RL)"][6] == "65.0 ± 0.0 |"
+    assert rows["sent"][1] == "2" and rows["sent"][2] == "72.5 ± 10.6"

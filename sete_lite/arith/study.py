@@ -635,6 +635,19 @@ def stage_dip(results: dict[str, list[dict[str, Any]]], switch: int, window: int
     return "\n".join(lines) + "\n"
 
 
+def pass_at_k_table(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None) -> str:
+    """A markdown table of Pass@k (%) for every k measured, mean ± std over seeds, base first."""
+    rows = ([("base (no RL)", base["runs"])] if base else []) + [(name, runs) for name, runs in results.items() if runs]
+    if not rows:
+        return ""
+    ks = sorted(int(key[5:]) for key in rows[0][1][0] if key.startswith("pass@"))
+    lines = ["| method | seeds | " + " | ".join(f"Pass@{k} (%)" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    for name, runs in rows:
+        cells = [mean_std([r[f"pass@{k}"] for r in runs], 100) for k in ks]
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_pass_at_k(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None, path: Path) -> Path:
     """Pass@k against k (log scale) for the base, GRPO and SENT: mean over seeds, bars at min and max."""
     import matplotlib
@@ -728,7 +741,7 @@ def plot_entropy_bands(
 
 def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> str:
     """Write table.md, sweep.md, summary.json and curves PNGs in `out` from the result files (for a
-    study with held-out trajectories also paired.md, stage_dip.md, entropy_bands.png, pass_at_k.png)."""
+    study with held-out trajectories also paired.md, stage_dip.md, pass_at_k.md, entropy_bands.png, pass_at_k.png)."""
     study_methods, study_sweep = study_runs(config)
     base_path = out / "base" / "result.json"
     base = json.loads(base_path.read_text()) if base_path.exists() else None
@@ -754,6 +767,7 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
         plot_entropy_bands(methods, base, out / "entropy_bands.png", switches)
         plot_entropy_bands(sweep, base, out / "sweep_entropy_bands.png", switches)
         plot_pass_at_k(methods, base, out / "pass_at_k.png")
+        write_text(out / "pass_at_k.md", pass_at_k_table(methods, base))
         extra = "\n" + paired + "\ntraining entropy around the stage switch\n" + dip
     summary = {
         name: {metric: statistics.fmean(r[metric] for r in runs) for metric in metric_keys(runs[0])}
