@@ -707,7 +707,7 @@ def plot_entropy_bands(
 
     for ax, name in zip(axes.flat, names, strict=False):
         for label, runs, color in (("grpo", results.get("grpo"), "gray"), (name, results[name], "C0")):
-            if not runs or (label == "grpo" and name == "grpo"):
+            if not runs or (color == "gray" and name == "grpo"):  # GRPO's own panel: no grey copy
                 continue
             steps, mean, low, high = band(runs)
             ax.plot(steps, mean, color=color, marker="o", markersize=3, label=f"{label}: held-out")
