@@ -33,7 +33,6 @@ uses to count the distinct solution paths a policy samples.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import random
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from sete_lite.arith import SUMS_TEST_SPLIT
-from sete_lite.arith.task import draw_splits, write_split_files
+from sete_lite.arith.task import draw_distinct, draw_splits, splits_main, write_split_files
 
 MIN_COUNT, MAX_COUNT = 4, 7
 MAX_NUMBER = 9
@@ -113,21 +112,8 @@ def generate(
     """`n` problems with distinct multisets of numbers (problem_key), none the multiset of a question in
     `exclude`; the counts of numbers cycle through `counts`. Once a count runs out of fresh
     multisets its draws are rejected and the other counts fill the rest."""
-    rng = random.Random(seed)
-    levels = list(counts)
     seen_sets = {problem_key(problem_of(q)) for q in exclude}
-    problems: list[Problem] = []
-    attempts = 0
-    while len(problems) < n:
-        if attempts > 100 * n + 1000:
-            raise ValueError(f"cannot draw {n} distinct problems with counts {levels}")
-        problem = random_problem(rng, levels[attempts % len(levels)])
-        attempts += 1
-        key = problem_key(problem)
-        if key not in seen_sets:
-            seen_sets.add(key)
-            problems.append(problem)
-    return problems
+    return draw_distinct(n, seed, list(counts), random_problem, problem_key, seen_sets)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,13 +211,7 @@ def write_splits(out_dir: str | Path = SUMS_TEST_SPLIT.parent) -> dict[str, Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sete_lite.arith.sums", description="Write the sums task's splits.")
-    parser.add_argument(
-        "--out", type=Path, default=SUMS_TEST_SPLIT.parent, help="directory for sums_train.jsonl / sums_test.jsonl"
-    )
-    args = parser.parse_args(argv)
-    for split, path in write_splits(args.out).items():
-        print(f"{split}: {path}")
+    splits_main(argv, "sums", write_splits, SUMS_TEST_SPLIT.parent)
 
 
 if __name__ == "__main__":

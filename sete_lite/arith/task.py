@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,18 +114,29 @@ def generate(
     Draws cycle through `difficulties`; once the easy levels run out of distinct problems (there are
     only a few hundred one-step ones) their draws are rejected and the harder levels fill the rest.
     """
+    return draw_distinct(n, seed, list(difficulties), random_problem, lambda p: p.question, set(exclude))
+
+
+def draw_distinct(
+    n: int,
+    seed: int,
+    levels: list[int],
+    draw: Callable[[random.Random, int], Any],
+    key: Callable[[Any], Hashable],
+    seen: set,
+) -> list:
+    """`n` problems `draw(rng, level)` with distinct `key`s, none already in `seen`, the levels cycling
+    (a level that runs out of fresh problems has its draws rejected, and the others fill the rest)."""
     rng = random.Random(seed)
-    levels = list(difficulties)
-    seen = set(exclude)
-    problems: list[Problem] = []
+    problems: list = []
     attempts = 0
     while len(problems) < n:
         if attempts > 100 * n + 1000:
-            raise ValueError(f"cannot draw {n} distinct problems at difficulties {levels}")
-        problem = random_problem(rng, levels[attempts % len(levels)])
+            raise ValueError(f"cannot draw {n} distinct problems at levels {levels}")
+        problem = draw(rng, levels[attempts % len(levels)])
         attempts += 1
-        if problem.question not in seen:
-            seen.add(problem.question)
+        if key(problem) not in seen:
+            seen.add(key(problem))
             problems.append(problem)
     return problems
 
@@ -211,16 +222,17 @@ def heldout_accuracy(
     return {**scores, "seconds": results["seconds"], "samples": results["samples"], "prompts": prompts}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m sete_lite.arith.task", description="Write the arithmetic task's splits."
-    )
-    parser.add_argument(
-        "--out", type=Path, default=TEST_SPLIT.parent, help="directory for arith_train.jsonl / arith_test.jsonl"
-    )
+def splits_main(argv: list[str] | None, task: str, write: Callable[[Path], dict[str, Path]], default_dir: Path) -> None:
+    """The command line that rewrites a task's shipped splits (`python -m sete_lite.arith.<task>`)."""
+    parser = argparse.ArgumentParser(prog=f"python -m sete_lite.arith.{task}", description="Write the task's splits.")
+    parser.add_argument("--out", type=Path, default=default_dir, help="directory for the split files")
     args = parser.parse_args(argv)
-    for split, path in write_splits(args.out).items():
+    for split, path in write(args.out).items():
         print(f"{split}: {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    splits_main(argv, "task", write_splits, TEST_SPLIT.parent)
 
 
 if __name__ == "__main__":
