@@ -165,6 +165,7 @@ def policy_statistics(
     from sete_lite.rollout import adapters, encode_prompts
 
     entropies, log_ratios, lengths = [], [], []
+    prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, list(prompts.values())), strict=True))  # once per problem
     model.eval()
     for start in range(0, len(samples), 32):
         rows, completion_lengths = [], []
@@ -172,7 +173,7 @@ def policy_statistics(
             completion = tokenizer(s["text"], add_special_tokens=False)["input_ids"]
             if s["finish_reason"] == "stop":
                 completion.append(tokenizer.eos_token_id)
-            rows.append(encode_prompts(tokenizer, [prompts[s["id"]]])[0] + completion)
+            rows.append(prompt_ids[s["id"]] + completion)
             completion_lengths.append(len(completion))
         # Left-padded, so every completion ends the row, as in the trainer's batches.
         width, k = max(map(len, rows)), max(completion_lengths)
@@ -225,14 +226,14 @@ def path_statistics(samples: list[dict], prompts: dict[str, str], entropies: lis
     valid paths per problem, the share of valid paths that add in the listed order, and the mean token
     entropy at the fork and at the forced positions of the valid paths (sete_lite.arith.sums). Empty
     for another task."""
-    from sete_lite.arith.sums import position_options, solution_path
+    from sete_lite.arith.sums import EntropyByKind, solution_path
 
     problems = {key: sums_problem(prompt) for key, prompt in prompts.items()}
     if not problems or any(p is None for p in problems.values()):
         return {}
     paths: dict[str, set] = {key: set() for key in problems}
     valid = listed = 0
-    at = {"fork": [0.0, 0], "forced": [0.0, 0]}
+    by_kind = EntropyByKind()
     for sample, entropy in zip(samples, entropies, strict=True):
         problem = problems[sample["id"]]
         path = solution_path(problem, sample["text"])
@@ -241,17 +242,13 @@ def path_statistics(samples: list[dict], prompts: dict[str, str], entropies: lis
         valid += 1
         listed += path == problem.numbers
         paths[sample["id"]].add(path)
-        text = sample["text"].strip()
-        for t, options in enumerate(position_options(problem, text)):
-            kind = "fork" if options > 1 else "forced"
-            at[kind][0] += entropy[t].item()
-            at[kind][1] += 1
+        by_kind.add(problem, sample["text"].strip(), entropy)
     return {
         "valid_path_rate": valid / len(samples),
         "distinct_paths": statistics.fmean(len(p) for p in paths.values()),
         "listed_order_rate": listed / max(1, valid),
-        "entropy_fork": at["fork"][0] / max(1, at["fork"][1]),
-        "entropy_forced": at["forced"][0] / max(1, at["forced"][1]),
+        "entropy_fork": by_kind.mean("fork"),
+        "entropy_forced": by_kind.mean("forced"),
     }
 
 

@@ -153,6 +153,27 @@ def position_kinds(problem: Problem, solution: str) -> list[str]:
     return ["fork" if n > 1 else "forced" for n in position_options(problem, solution)]
 
 
+class EntropyByKind:
+    """Running means of token entropy at the fork and at the forced positions of correct solutions."""
+
+    def __init__(self) -> None:
+        self.total = {"fork": 0.0, "forced": 0.0}
+        self.count = {"fork": 0, "forced": 0}
+
+    def add(self, problem: Problem, solution: str, entropy: Any) -> list[int]:
+        """Add a correct `solution`'s per-character entropies (a tensor, at least as long as the
+        solution); return its position_options."""
+        options = position_options(problem, solution)
+        for t, n in enumerate(options):
+            kind = "fork" if n > 1 else "forced"
+            self.total[kind] += entropy[t].item()
+            self.count[kind] += 1
+        return options
+
+    def mean(self, kind: str) -> float:
+        return self.total[kind] / max(1, self.count[kind])
+
+
 def solution_path(problem: Problem, text: str) -> tuple[int, ...] | None:
     """The order of the numbers (as listed values) a completion added them in, when its lines form a
     valid path: true equations, each starting from the previous total, every number used once, and a

@@ -66,15 +66,15 @@ def build(out_dir: str | Path, cfg: SumsWarmstartConfig | None = None, *, progre
 @torch.no_grad()
 def fork_entropies(model: Any, tokenizer: Any, problems: list, seed: int = 0) -> dict[str, float]:
     """The model's mean token entropy (nats) at the fork and at the forced positions of correct
-    solutions (teacher-forced, one uniformly drawn order per problem; sete_lite.arith.sums.position_kinds),
+    solutions (teacher-forced, one uniformly drawn order per problem; sete_lite.arith.sums.EntropyByKind),
     and the mean log of the number of correct continuations at the forks (what a policy that spreads
     evenly over the correct orders would show there)."""
     import math
 
-    from sete_lite.arith.sums import position_options
+    from sete_lite.arith.sums import EntropyByKind
 
     rng = random.Random(seed)
-    sums = {"fork": [0.0, 0], "forced": [0.0, 0]}
+    by_kind = EntropyByKind()
     uniform = [0.0, 0]
     model.eval()
     for problem in problems:
@@ -87,19 +87,16 @@ def fork_entropies(model: Any, tokenizer: Any, problems: list, seed: int = 0) ->
         logits = model(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0].double()
         logp = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
         entropy = -(logp.exp() * logp).sum(-1)
-        for t, options in enumerate(position_options(problem, solution)):
-            kind = "fork" if options > 1 else "forced"
-            sums[kind][0] += entropy[t].item()
-            sums[kind][1] += 1
-            if kind == "fork":
+        for options in by_kind.add(problem, solution, entropy):
+            if options > 1:
                 uniform[0] += math.log(options)
                 uniform[1] += 1
     return {
-        "fork": sums["fork"][0] / max(1, sums["fork"][1]),
-        "forced": sums["forced"][0] / max(1, sums["forced"][1]),
+        "fork": by_kind.mean("fork"),
+        "forced": by_kind.mean("forced"),
         "fork_uniform": uniform[0] / max(1, uniform[1]),
-        "fork_positions": sums["fork"][1],
-        "forced_positions": sums["forced"][1],
+        "fork_positions": by_kind.count["fork"],
+        "forced_positions": by_kind.count["forced"],
     }
 
 
