@@ -208,7 +208,8 @@ def score_dataset(
     (sete_lite.distributed), each scores its share of the batches and every one returns all rows.
     """
     scores_dir = Path(scores_dir if scores_dir is not None else cfg.se_scores_dir)
-    done = open_cache(scores_dir, producer_record(producer, records, cfg, seed), processes)
+    produced_by = producer_record(producer, records, cfg, seed)  # hashes the dataset: once per pass
+    done = open_cache(scores_dir, produced_by, processes)
     # Batches are fixed slices of the dataset, each seeded by its position, whatever is cached: a
     # pass resumed after a kill samples exactly what the uninterrupted pass would have, and appends
     # only the rows that are missing (a kill can leave a batch's rows half written). Several
@@ -241,7 +242,7 @@ def score_dataset(
             bar.update(len(rows))
     if processes.count > 1:  # every process's rows, merged by the main process
         processes.wait_for_everyone()
-        done = open_cache(scores_dir, producer_record(producer, records, cfg, seed), processes)
+        done = open_cache(scores_dir, produced_by, processes)
     return [done[record["id"]] for record in records]
 
 
