@@ -267,7 +267,7 @@ def fake_sums_result(method: str, seed: int, avg: float) -> dict:
 def test_the_sums_report_adds_paired_differences_and_its_plots(tmp_path):
     from sete_lite.arith.study import report
 
-    for method, avgs in (("grpo", (0.6, 0.7)), ("sent", (0.65, 0.8))):
+    for method, avgs in (("grpo", (0.6, 0.7)), ("sent", (0.65, 0.8)), ("sent_k0.2_bl0.1_bh0.4", (0.7, 0.8))):
         for seed, avg in enumerate(avgs):
             path = tmp_path / "runs" / method / f"seed{seed}" / "result.json"
             path.parent.mkdir(parents=True)
@@ -282,6 +282,9 @@ def test_the_sums_report_adds_paired_differences_and_its_plots(tmp_path):
     assert "| Avg@16 (%) | Pass@16 (%) |" in text and "entropy at forks" in text
     row = next(line for line in (tmp_path / "paired.md").read_text().splitlines() if line.startswith("| sent |"))
     assert row.split(" | ")[2:4] == ["+5.0, +10.0 [+7.5]", "+5.0, +10.0 [+7.5]"]  # Avg@16, Pass@16 points
+    # The sweep point against SENT's defaults, then against GRPO, seed by seed.
+    sweep_rows = [line for line in (tmp_path / "sweep_paired.md").read_text().splitlines() if "| sent_k0.2" in line]
+    assert [row.split(" | ")[2] for row in sweep_rows] == ["+5.0, +0.0 [+2.5]", "+10.0, +10.0 [+10.0]"]
     for name in ("entropy_bands.png", "pass_at_k.png", "curves.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "summary.json").read_text())["sent"]["pass@16"] == pytest.approx(0.825)

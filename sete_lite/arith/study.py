@@ -738,7 +738,8 @@ def plot_entropy_bands(
 
 def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> str:
     """Write table.md, sweep.md, summary.json and curves PNGs in `out` from the result files (for a
-    study with held-out trajectories also paired.md, stage_dip.md, pass_at_k.md, entropy_bands.png, pass_at_k.png)."""
+    study with held-out trajectories also paired.md, stage_dip.md, pass_at_k.md, entropy_bands.png, pass_at_k.png,
+    and sweep_paired.md once a sweep point has run)."""
     study_methods, study_sweep = study_runs(config)
     base_path = out / "base" / "result.json"
     base = json.loads(base_path.read_text()) if base_path.exists() else None
@@ -761,11 +762,19 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
         dip = stage_dip({**methods, **sweep}, switches[0]) if switches else ""
         write_text(out / "paired.md", paired)
         write_text(out / "stage_dip.md", dip)
+        extra = "\n" + paired + "\ntraining entropy around the stage switch\n" + dip
         plot_entropy_bands(methods, base, out / "entropy_bands.png", switches)
         plot_entropy_bands(sweep, base, out / "sweep_entropy_bands.png", switches)
         plot_pass_at_k(methods, base, out / "pass_at_k.png")
         write_text(out / "pass_at_k.md", pass_at_k_table(methods, base))
-        extra = "\n" + paired + "\ntraining entropy around the stage switch\n" + dip
+        if any(sweep.values()):
+            # A sweep point against the default coefficients and against GRPO, seed by seed: the evidence a
+            # change of LossConfig's defaults needs.
+            sweep_paired = "\n".join(
+                paired_differences({ref: methods.get(ref, []), **sweep}, ref) for ref in ("sent", "grpo")
+            )
+            write_text(out / "sweep_paired.md", sweep_paired)
+            extra += "\nsweep, paired\n" + sweep_paired
     summary = {
         name: {metric: statistics.fmean(r[metric] for r in runs) for metric in metric_keys(runs[0])}
         | {"seeds": [r["seed"] for r in runs]}
