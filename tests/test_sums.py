@@ -267,7 +267,14 @@ def fake_sums_result(method: str, seed: int, avg: float) -> dict:
 def test_the_sums_report_adds_paired_differences_and_its_plots(tmp_path):
     from sete_lite.arith.study import report
 
-    for method, avgs in (("grpo", (0.6, 0.7)), ("sent", (0.65, 0.8)), ("sent_k0.2_bl0.1_bh0.4", (0.7, 0.8))):
+    avg_by_seed = {
+        "grpo": (0.6, 0.7),
+        "sent": (0.65, 0.8),
+        "sent_k0.2_bl0.1_bh0.4": (0.7, 0.8),
+        "grpo_2_steps_per_batch": (0.5, 0.6),
+        "kl_cov_2_steps_per_batch": (0.55, 0.5),
+    }
+    for method, avgs in avg_by_seed.items():
         for seed, avg in enumerate(avgs):
             path = tmp_path / "runs" / method / f"seed{seed}" / "result.json"
             path.parent.mkdir(parents=True)
@@ -282,6 +289,9 @@ def test_the_sums_report_adds_paired_differences_and_its_plots(tmp_path):
     assert "| Avg@16 (%) | Pass@16 (%) |" in text and "entropy at forks" in text
     row = next(line for line in (tmp_path / "paired.md").read_text().splitlines() if line.startswith("| sent |"))
     assert row.split(" | ")[2:4] == ["+5.0, +10.0 [+7.5]", "+5.0, +10.0 [+7.5]"]  # Avg@16, Pass@16 points
+    # KL-Cov with 2 steps per batch also against GRPO with 2 steps (its last table).
+    kl_cov_row = [line for line in (tmp_path / "paired.md").read_text().splitlines() if "| kl_cov_2" in line][-1]
+    assert kl_cov_row.split(" | ")[2] == "+5.0, -10.0 [-2.5]"
     # The sweep point against SENT's defaults, then against GRPO, seed by seed.
     sweep_rows = [line for line in (tmp_path / "sweep_paired.md").read_text().splitlines() if "| sent_k0.2" in line]
     assert [row.split(" | ")[2] for row in sweep_rows] == ["+5.0, +0.0 [+2.5]", "+10.0, +10.0 [+10.0]"]

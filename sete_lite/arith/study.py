@@ -758,7 +758,12 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
     plot_curves(sweep, out / "sweep_curves.png", stage_switches(sweep, config))
     extra = ""
     if any(runs and "heldout_curve" in runs[0] for runs in methods.values()):
-        paired = paired_differences(methods) + "\n" + paired_differences(methods, "sent")
+        # The methods with 2 optimizer steps per rollout batch also against GRPO with the same 2 steps.
+        two_steps = {name: runs for name, runs in methods.items() if ALL_RUNS[name].get("steps_per_generation") == 2}
+        paired = "\n".join(
+            paired_differences(runs, reference)
+            for runs, reference in ((methods, "grpo"), (methods, "sent"), (two_steps, "grpo_2_steps_per_batch"))
+        )
         dip = stage_dip({**methods, **sweep}, switches[0]) if switches else ""
         write_text(out / "paired.md", paired)
         write_text(out / "stage_dip.md", dip)
