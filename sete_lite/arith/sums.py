@@ -147,10 +147,14 @@ def position_options(problem: Problem, solution: str) -> list[int]:
     return counts
 
 
+def kind_of(options: int) -> str:
+    """The kind of a position with `options` correct continuations: "fork" (two or more) or "forced"."""
+    return "fork" if options > 1 else "forced"
+
+
 def position_kinds(problem: Problem, solution: str) -> list[str]:
-    """For each character of a correct `solution`: "fork" (two or more correct continuations at that
-    position) or "forced" (exactly one)."""
-    return ["fork" if n > 1 else "forced" for n in position_options(problem, solution)]
+    """For each character of a correct `solution`: "fork" or "forced" (kind_of)."""
+    return [kind_of(n) for n in position_options(problem, solution)]
 
 
 class EntropyByKind:
@@ -165,7 +169,7 @@ class EntropyByKind:
         solution); return its position_options."""
         options = position_options(problem, solution)
         for t, n in enumerate(options):
-            kind = "fork" if n > 1 else "forced"
+            kind = kind_of(n)
             self.total[kind] += entropy[t].item()
             self.count[kind] += 1
         return options

@@ -71,7 +71,7 @@ def fork_entropies(model: Any, tokenizer: Any, problems: list, seed: int = 0) ->
     evenly over the correct orders would show there)."""
     import math
 
-    from sete_lite.arith.sums import EntropyByKind
+    from sete_lite.arith.sums import EntropyByKind, kind_of
 
     rng = random.Random(seed)
     by_kind = EntropyByKind()
@@ -88,7 +88,7 @@ def fork_entropies(model: Any, tokenizer: Any, problems: list, seed: int = 0) ->
         logp = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
         entropy = -(logp.exp() * logp).sum(-1)
         for options in by_kind.add(problem, solution, entropy):
-            if options > 1:
+            if kind_of(options) == "fork":
                 uniform[0] += math.log(options)
                 uniform[1] += 1
     return {
