@@ -135,8 +135,9 @@ def draw_distinct(
             raise ValueError(f"cannot draw {n} distinct problems at levels {levels}")
         problem = draw(rng, levels[attempts % len(levels)])
         attempts += 1
-        if key(problem) not in seen:
-            seen.add(key(problem))
+        problem_key = key(problem)
+        if problem_key not in seen:
+            seen.add(problem_key)
             problems.append(problem)
     return problems
 
