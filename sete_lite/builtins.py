@@ -2,8 +2,10 @@
 
 `builtin:NAME` is something an installed package ships: a package registers each one as an entry
 point in the group "sete_lite.builtins" whose object is the path of what it ships (pyproject.toml:
-`arith-qwen2 = "sete_lite.arith:CHECKPOINT"`). Resolving a name loads only that entry point, so the
-library never imports a package of built-ins itself, and another package can add its own.
+`arith-qwen2 = "sete_lite.arith:CHECKPOINT"`), or a function returning that path, for a file whose
+finding can fail with a message (`smollm2-135m-instruct`: a package that may not be installed).
+Resolving a name loads only that entry point, so the library never imports a package of built-ins
+itself, and another package can add its own.
 
 `check_hub_name` asks the Hugging Face Hub once, without retries, whether a name that is not a
 local path exists there, so that a typo fails in a second instead of after a minute of retries.
@@ -33,7 +35,8 @@ def resolve_builtin(name_or_path: str) -> str:
             f"unknown built-in '{name_or_path}'; registered: {builtin_names() or 'none'} (built-ins are entry "
             f"points of the group '{GROUP}': is sete_lite installed, e.g. pip install -e .?)"
         )
-    return str(found[0].load())
+    target = found[0].load()
+    return str(target() if callable(target) else target)
 
 
 def check_hub_name(name: str, repo_type: str, key: str) -> None:

@@ -38,6 +38,10 @@ class SharedConfig:
     seed: int = 42  # TRL's default: LoRA initialisation, SE sampling, rollouts, evaluation sampling
     rollout_engine: str = "auto"  # auto | transformers | vllm | unsloth: see sete_lite.rollout.make_engine
     answer_timeout_s: float = 1.0  # time bound per answer parse or comparison (rewards, SE, evaluation)
+    # How a response's final answer is found, for rewards, SE clustering and evaluation alike:
+    # "boxed" (the paper's: the last \boxed{}, else ####) or "math_verify" (math-verify's own extraction:
+    # a box first, then LaTeX, then the last expression; for models that answer in prose).
+    answer_extraction: str = "boxed"
     num_threads: int | None = None  # torch CPU threads; None = torch's default
 
     def __post_init__(self) -> None:
@@ -45,6 +49,9 @@ class SharedConfig:
 
         if self.rollout_engine not in ("auto", *ENGINES):
             raise ValueError(f"rollout_engine must be 'auto' or one of {ENGINES}, got '{self.rollout_engine}'")
+        from sete_lite.semantic import check_answer_extraction
+
+        check_answer_extraction(self.answer_extraction)
         if self.answer_timeout_s <= 0:
             raise ValueError(f"answer_timeout_s must be positive, got {self.answer_timeout_s}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -224,7 +231,7 @@ def run_cli(main: typing.Callable[[list[str]], Any]) -> None:
 
     try:
         main(sys.argv[1:])
-    except (ValueError, KeyError, OSError, RuntimeError) as error:
+    except (ValueError, KeyError, OSError, RuntimeError, ImportError) as error:
         if os.environ.get("SETE_LITE_DEBUG") == "1":
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)

@@ -73,14 +73,13 @@ def resolve_base(adapter_dir: Path, base: str | None) -> str:
     """The base model: `base`, else the one the adapter records (see model.adapter_base_model); built-in
     names resolved."""
     from sete_lite.builtins import resolve_builtin
-    from sete_lite.model import adapter_base_model, check_model_source
+    from sete_lite.model import adapter_base_model, check_model_source, resolve_model_path
 
     name = base or adapter_base_model(adapter_dir)
     if not name:
         raise ValueError(f"the adapter at '{adapter_dir}' does not record its base model; pass --base")
-    name = resolve_builtin(name)
-    check_model_source(name)
-    return name
+    check_model_source(resolve_builtin(name))
+    return resolve_model_path(name)
 
 
 def check_method(method: str, dtype: str) -> None:

@@ -129,10 +129,21 @@ def resolve_dtype(cfg: ModelConfig) -> torch.dtype:
     return torch.float32
 
 
+def resolve_model_path(name_or_path: str) -> str:
+    """What from_pretrained loads for `model_name_or_path`: builtin:NAME resolved to its path, and a
+    .gguf file to its converted checkpoint directory (sete_lite.gguf_cache, converted on first use)."""
+    from sete_lite.gguf_cache import gguf_checkpoint, is_gguf
+
+    path = resolve_builtin(name_or_path)
+    return str(gguf_checkpoint(path)) if is_gguf(path) else path
+
+
 def check_model_source(name_or_path: str) -> None:
     """Fail early on a local path that does not exist, and on a hub name the hub does not have."""
     if Path(name_or_path).exists():
         return
+    if name_or_path.lower().endswith(".gguf"):
+        raise FileNotFoundError(f"model file '{name_or_path}' does not exist; give the path of a .gguf model file")
     looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
     if looks_local:
         raise FileNotFoundError(
@@ -201,8 +212,8 @@ def load_policy(cfg: ModelConfig, *, seed: int = 0, gradient_checkpointing: bool
     require grad. The tokenizer pads on the left (generation) and always has a pad token.
     """
     backend = resolve_backend(cfg)  # first: unsloth must be imported before transformers is used
-    cfg = dataclasses.replace(cfg, model_name_or_path=resolve_builtin(cfg.model_name_or_path))
-    check_model_source(cfg.model_name_or_path)
+    check_model_source(resolve_builtin(cfg.model_name_or_path))
+    cfg = dataclasses.replace(cfg, model_name_or_path=resolve_model_path(cfg.model_name_or_path))
     if cfg.adapter_path is not None:
         check_adapter_dir(cfg.adapter_path, cfg)
     if cfg.load_in_4bit:

@@ -529,7 +529,7 @@ def make_engine(
         raise ValueError(f"rollout engine must be 'auto' or one of {ENGINES}, got '{name}'")
     if model_cfg is None:
         raise ValueError("rollout_engine 'vllm' is built from the model config: pass model_cfg")
-    from sete_lite.builtins import resolve_builtin
+    from sete_lite.model import resolve_model_path
 
     extra: dict[str, Any] = {"quantization": "bitsandbytes"} if model_cfg.load_in_4bit else {}
     processes = launched_processes()
@@ -541,7 +541,7 @@ def make_engine(
     return VLLMEngine(
         model,
         tokenizer,
-        model_name_or_path=resolve_builtin(model_cfg.model_name_or_path),
+        model_name_or_path=resolve_model_path(model_cfg.model_name_or_path),
         max_lora_rank=model_cfg.lora_r,
         max_model_len=model_cfg.max_seq_length,
         dtype=model_cfg.dtype,
