@@ -41,7 +41,7 @@ from sete_lite.atomic import check_writable_dir, write_jsonl, write_text
 from sete_lite.builtins import resolve_builtin
 from sete_lite.data import DEFAULT_PROMPT_TEMPLATE, LOCAL_FORMATS, DataConfig, apply_chat_template, load_records
 from sete_lite.rollout import RolloutEngine, SamplingConfig, check_context, context_limit
-from sete_lite.semantic import DEFAULT_TIMEOUT_S, extract_answer, grade_answers
+from sete_lite.semantic import DEFAULT_TIMEOUT_S, extract_answers, grade_answers
 
 
 @dataclass(frozen=True)
@@ -275,6 +275,7 @@ def evaluate(
     *,
     seed: int,
     answer_timeout_s: float = DEFAULT_TIMEOUT_S,
+    answer_extraction: str = "boxed",
     use_adapter: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -304,7 +305,8 @@ def evaluate(
                 for record, completions in zip(batch, outputs, strict=True):
                     if len(completions) != n:
                         raise RuntimeError(f"the engine returned {len(completions)} completions, expected {n}")
-                    answers = [extract_answer(c.text) for c in completions]
+                    texts = [c.text for c in completions]
+                    answers = extract_answers(texts, answer_extraction, timeout_s=answer_timeout_s)
                     verdicts = grade_answers(record["answer"], answers, timeout_s=answer_timeout_s)
                     correct.append(verdicts)
                     samples.extend(
@@ -371,6 +373,7 @@ def evaluate_and_write(
     *,
     seed: int,
     answer_timeout_s: float = DEFAULT_TIMEOUT_S,
+    answer_extraction: str = "boxed",
     use_adapter: bool = True,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
@@ -382,10 +385,12 @@ def evaluate_and_write(
         cfg,
         seed=seed,
         answer_timeout_s=answer_timeout_s,
+        answer_extraction=answer_extraction,
         use_adapter=use_adapter,
         progress=progress,
     )
-    write_results(results, cfg, Path(output_dir), {"use_adapter": use_adapter, **(meta or {})})
+    meta = {"use_adapter": use_adapter, "answer_extraction": answer_extraction, **(meta or {})}
+    write_results(results, cfg, Path(output_dir), meta)
     return results
 
 
@@ -483,6 +488,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         output_dir,
         seed=shared.seed,
         answer_timeout_s=shared.answer_timeout_s,
+        answer_extraction=shared.answer_extraction,
         use_adapter=use_adapter,
         meta=meta,
     )

@@ -3,8 +3,9 @@
 A reward function is `f(prompts, completions, completion_ids, **kwargs) -> list[float | None]`,
 where kwargs holds every dataset column but `prompt` (so `answer`, the gold final answer, arrives
 as a list aligned with the completions). Built in:
-- accuracy: 1.0 when the completion's final answer is math-equivalent to the gold answer (math-verify,
-  each parse or comparison bounded by the run's answer_timeout_s).
+- accuracy: 1.0 when the completion's final answer (found by the run's answer_extraction rule) is
+  math-equivalent to the gold answer (math-verify, each parse or comparison bounded by the run's
+  answer_timeout_s).
 - format: 1.0 when the completion ends its reasoning with a complete `\\boxed{...}` answer.
 Any other function is named by import path, `package.module:function` or `package.module.function`.
 """
@@ -16,7 +17,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sete_lite.semantic import BOX_OPEN, DEFAULT_TIMEOUT_S, extract_answer, grade_answers
+from sete_lite.semantic import BOX_OPEN, DEFAULT_TIMEOUT_S, extract_answer, extract_answers, grade_answers
 
 RewardFunction = Callable[..., list]
 
@@ -34,6 +35,7 @@ def accuracy_reward(
     completion_ids: list | None = None,
     *,
     answer_timeout_s: float = DEFAULT_TIMEOUT_S,
+    answer_extraction: str = "boxed",
     **kwargs: Any,
 ) -> list:
     """1.0 if the final answer is math-equivalent to the dataset's `answer`, else 0.0."""
@@ -41,7 +43,8 @@ def accuracy_reward(
         raise ValueError(
             "the accuracy reward needs an 'answer' column in the dataset (set answer_column in the config)"
         )
-    answers = [extract_answer(completion_text(c)) for c in completions]
+    texts = [completion_text(c) for c in completions]
+    answers = extract_answers(texts, answer_extraction, timeout_s=answer_timeout_s)
     rewards: list[float] = [0.0] * len(completions)
     # Completions of one prompt share its gold answer: grade each group in one call.
     groups: dict[str, list[int]] = {}
@@ -52,6 +55,16 @@ def accuracy_reward(
         for i, correct in zip(members, verdicts, strict=True):
             rewards[i] = float(correct)
     return rewards
+
+
+def zero_reward_cause(answer_extraction: str) -> str:
+    """The likely cause of a run where no completion is graded correct, and the keys that fix it."""
+    if answer_extraction == "boxed":
+        return (
+            "answer_extraction 'boxed' counts only a \\boxed{} or #### answer: a model that answers in prose "
+            "needs answer_extraction: math_verify, or a prompt_template it follows"
+        )
+    return "the answers math_verify finds are all wrong: check answer_column, and whether the model can do the task"
 
 
 def format_reward(prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any) -> list:
@@ -82,13 +95,14 @@ def import_function(path: str) -> RewardFunction:
 
 
 def resolve_reward_functions(
-    names: Sequence[str], *, answer_timeout_s: float = DEFAULT_TIMEOUT_S
+    names: Sequence[str], *, answer_timeout_s: float = DEFAULT_TIMEOUT_S, answer_extraction: str = "boxed"
 ) -> list[RewardFunction]:
     """Reward functions by registry name or import path, in order; the built-in accuracy reward with
-    the run's answer_timeout_s (keeping its name, which TRL logs as rewards/<name>/mean)."""
+    the run's answer_timeout_s and answer_extraction (keeping its name, which TRL logs as
+    rewards/<name>/mean)."""
     if not names:
         raise ValueError("reward_funcs is empty: name at least one reward, e.g. [accuracy]")
     functions = [REWARD_FUNCTIONS[name] if name in REWARD_FUNCTIONS else import_function(name) for name in names]
-    timed = functools.partial(accuracy_reward, answer_timeout_s=answer_timeout_s)
+    timed = functools.partial(accuracy_reward, answer_timeout_s=answer_timeout_s, answer_extraction=answer_extraction)
     functools.update_wrapper(timed, accuracy_reward)  # TRL logs rewards/<__name__>/mean
     return [timed if f is accuracy_reward else f for f in functions]

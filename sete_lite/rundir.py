@@ -275,6 +275,25 @@ class RewardEntropyBar(TrainerCallback):
         self.bar.close()
 
 
+class ZeroRewardWarning(TrainerCallback):
+    """One line when every reward of the run's first `steps` logged steps is 0: with no reward there is
+    no advantage and nothing to learn, which a run would otherwise go on doing silently."""
+
+    def __init__(self, cause: str, steps: int = 4) -> None:
+        self.cause = cause  # sete_lite.rewards.zero_reward_cause: what to change
+        self.steps = steps
+        self.rewards: list[float] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "reward" not in logs or len(self.rewards) >= self.steps:
+            return
+        self.rewards.append(logs["reward"])
+        if len(self.rewards) == self.steps and not any(self.rewards):
+            tqdm.write(
+                f"warning: every reward of the first {self.steps} steps is 0, so nothing is learned: {self.cause}"
+            )
+
+
 def write_run_readme(run_dir: RunDir, facts: dict[str, Any], config_source: str, summary: dict[str, Any]) -> None:
     """D/README.md: what this run was and how to continue from it, in place of TRL's model-card
     boilerplate. `facts` holds the run's method, model, data and curriculum settings by name."""

@@ -36,7 +36,7 @@ from sete_lite.semantic import (
     DEFAULT_TIMEOUT_S,
     cluster_answers,
     cluster_entropy,
-    extract_answer,
+    extract_answers,
     grade_answers,
     likelihood_weights,
 )
@@ -85,10 +85,13 @@ def dataset_fingerprint(records: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def producer_record(producer: dict[str, Any], records: list[dict], cfg: ScoreConfig, seed: int) -> dict[str, Any]:
-    """What determines the scores: the caller's model description plus sampling and data."""
+def producer_record(
+    producer: dict[str, Any], records: list[dict], cfg: ScoreConfig, seed: int, answer_extraction: str = "boxed"
+) -> dict[str, Any]:
+    """What determines the scores: the caller's model description plus sampling, answer extraction and data."""
     return {
         **producer,
+        "answer_extraction": answer_extraction,
         "num_samples": cfg.se_num_samples,
         "temperature": cfg.se_temperature,
         "top_p": cfg.se_top_p,
@@ -168,9 +171,11 @@ def mean_logprob(completion: Completion) -> float:
     return sum(completion.logprobs) / len(completion.logprobs) if completion.logprobs else 0.0
 
 
-def score_prompt(record: dict, completions: list[Completion], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+def score_prompt(
+    record: dict, completions: list[Completion], timeout_s: float = DEFAULT_TIMEOUT_S, answer_extraction: str = "boxed"
+) -> dict[str, Any]:
     """The cache row of one prompt from its M sampled completions."""
-    answers = [extract_answer(c.text) for c in completions]
+    answers = extract_answers([c.text for c in completions], answer_extraction, timeout_s=timeout_s)
     labels = cluster_answers(answers, timeout_s=timeout_s)
     mean_logprobs = [mean_logprob(c) for c in completions]
     correct = grade_answers(record["answer"], answers, timeout_s=timeout_s)
@@ -195,6 +200,7 @@ def score_dataset(
     *,
     seed: int,
     answer_timeout_s: float = DEFAULT_TIMEOUT_S,
+    answer_extraction: str = "boxed",
     scores_dir: str | Path | None = None,
     progress: bool = True,
     processes: Processes = ONE_PROCESS,
@@ -208,7 +214,7 @@ def score_dataset(
     (sete_lite.distributed), each scores its share of the batches and every one returns all rows.
     """
     scores_dir = Path(scores_dir if scores_dir is not None else cfg.se_scores_dir)
-    produced_by = producer_record(producer, records, cfg, seed)  # hashes the dataset: once per pass
+    produced_by = producer_record(producer, records, cfg, seed, answer_extraction)  # hashes the dataset: once per pass
     done = open_cache(scores_dir, produced_by, processes)
     # Batches are fixed slices of the dataset, each seeded by its position, whatever is cached: a
     # pass resumed after a kill samples exactly what the uninterrupted pass would have, and appends
@@ -233,7 +239,7 @@ def score_dataset(
             )
             completions = engine.generate([r["prompt"] for r in batch], cfg.se_num_samples, sampling, use_adapter=False)
             rows = [
-                score_prompt(r, c, answer_timeout_s)
+                score_prompt(r, c, answer_timeout_s, answer_extraction)
                 for r, c in zip(batch, completions, strict=True)
                 if r["id"] not in done
             ]
@@ -305,6 +311,21 @@ def model_producer(model_cfg: Any) -> dict[str, Any]:
     return {"model": model_cfg.model_name_or_path, "load_in_4bit": model_cfg.load_in_4bit, "dtype": model_cfg.dtype}
 
 
+def zero_pass_warning(rows: list[dict], answer_extraction: str) -> str | None:
+    """One line when no sample of any prompt was graded correct: the curriculum then orders prompts by
+    noise, and training earns no reward. None when some sample passed."""
+    from sete_lite.rewards import zero_reward_cause
+
+    if any(row["pass_rate"] > 0 for row in rows):
+        return None
+    answers = [answer for row in rows for answer in row["answers"]]
+    missing = sum(answer is None for answer in answers) / max(len(answers), 1)
+    return (
+        f"warning: no SE sample of the {len(rows)} prompts is correct (pass rate 0 everywhere; no answer found in "
+        f"{missing:.0%} of {len(answers)} samples, see scores.jsonl): {zero_reward_cause(answer_extraction)}"
+    )
+
+
 def write_score_report(rows: list[dict], scores_dir: Path, cfg: ScoreConfig, num_stages: int) -> str:
     """The SE histogram (PNG) and the per-stage table (markdown) next to the scores; returns the table."""
     plot_histogram(rows, scores_dir / "se_histogram.png", cfg.se_num_samples)
@@ -360,12 +381,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model_producer(model_cfg),
         seed=shared.seed,
         answer_timeout_s=shared.answer_timeout_s,
+        answer_extraction=shared.answer_extraction,
         processes=processes,
     )
     if not processes.is_main:
         return rows
     scores_dir = Path(cfg.se_scores_dir)
     table = write_score_report(rows, scores_dir, cfg, curriculum.num_stages)
+    if warning := zero_pass_warning(rows, shared.answer_extraction):
+        print(warning)
     configs = {"shared": shared, "model": model_cfg, "data": data_cfg, "score": cfg, "curriculum": curriculum}
     write_text(scores_dir / "config.json", json.dumps({k: asdict(v) for k, v in configs.items()}, indent=2) + "\n")
     print(table)

@@ -1,7 +1,10 @@
 """Final answers, their equivalence, and the semantic entropy of a set of sampled responses.
 
 This module owns the math side of SENT's curriculum (docs/method.md#curriculum, steps 2-4):
-- `extract_answer`: the final answer of one response (last `\\boxed{}`/`\\fbox{}`, else GSM8K `####`).
+- `extract_answers`: the final answers of responses, by the run's `answer_extraction` rule: `boxed`
+  (`extract_answer`: the last `\\boxed{}`/`\\fbox{}`, else GSM8K `####`; the paper's strict rule) or
+  `math_verify` (math-verify's own extraction: a box first, then LaTeX, then the last expression,
+  for models that answer in prose).
 - `cluster_answers`: responses grouped by math-verify equivalence of their final answers.
 - `cluster_entropy` (with `likelihood_weights`): the entropy over those clusters, discrete or likelihood.
 - `grade_answers`: which answers match a gold answer (the pass rate of a prompt).
@@ -30,13 +33,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from math_verify import parse, verify
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 # We bound time ourselves (time_limit), so math-verify's "timeout is disabled" warning is noise.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 # One parse or one comparison of two parsed answers; sympy can spin on answers like 2^{10^{10}}.
 DEFAULT_TIMEOUT_S = 1.0
+# How a response's final answer is found (config key answer_extraction).
+ANSWER_EXTRACTIONS = ("boxed", "math_verify")
+# math-verify's own extraction targets, a box first: LaTeX ($...$, "final answer is ..."), then plain
+# expressions (the last number or expression of the text).
+MATH_VERIFY_TARGETS = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
 
 # The opening of a final-answer box; public because the format reward checks for one too.
 BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -73,6 +81,65 @@ def extract_answer(text: str) -> str | None:
         # "#### 18." is common in model outputs; math-verify reads "18." as a string, not 18.
         return answers[-1].strip().rstrip(".").strip() or None
     return None
+
+
+def check_answer_extraction(method: str) -> None:
+    if method not in ANSWER_EXTRACTIONS:
+        raise ValueError(f"answer_extraction must be one of {ANSWER_EXTRACTIONS}, got '{method}'")
+
+
+def extract_answers(
+    texts: Sequence[str], method: str = "boxed", *, timeout_s: float | None = DEFAULT_TIMEOUT_S
+) -> list[str | None]:
+    """The final answer of each response by the rule `method` (see ANSWER_EXTRACTIONS); None: none found.
+
+    `boxed` is `extract_answer`. `math_verify` is math-verify's `parse` with MATH_VERIFY_TARGETS,
+    each text bounded by `timeout_s` (then: no answer): the answer is the text it extracted (a number
+    written "1,234" comes back "1234") when that reads back as the same value, else the value's LaTeX
+    (math-verify reads "50%" as 1/2 but extracts the text "50").
+    """
+    check_answer_extraction(method)
+    texts = list(texts)
+    if method == "boxed":
+        return [extract_answer(text) for text in texts]
+    if _off_main_thread(timeout_s):
+        try:
+            return _ask_helper(
+                {"op": "extract", "texts": texts, "timeout_s": timeout_s}, timeout_s * (3 * len(texts) + 1)
+            )
+        except _HelperFailed:  # overran even its worst case: no answer found in time
+            return [None] * len(texts)
+    return [_extract_by_math(text, timeout_s) for text in texts]
+
+
+def _extract_by_math(text: str, timeout_s: float | None) -> str | None:
+    try:
+        with time_limit(timeout_s):
+            found = parse(text, extraction_config=list(MATH_VERIFY_TARGETS), parsing_timeout=None)
+    except _TimeLimitExceeded:
+        return None
+    if not found:
+        return None
+    value, extracted = found[0], found[-1]
+    if isinstance(value, str):  # only the text matched; it did not parse
+        return value.strip() or None
+    extracted = extracted.strip() if isinstance(extracted, str) else ""
+    if extracted and _reads_back_as(extracted, value, timeout_s):
+        return extracted
+    from sympy import latex
+
+    return latex(value)
+
+
+def _reads_back_as(answer: str, value: object, timeout_s: float | None) -> bool:
+    parsed = _parse(answer, timeout_s)
+    if not parsed:
+        return False
+    try:
+        with time_limit(timeout_s):
+            return verify([value], list(parsed), timeout_seconds=None)
+    except _TimeLimitExceeded:
+        return False
 
 
 class _TimeLimitExceeded(BaseException):
@@ -158,6 +225,8 @@ def _serve_helper_requests() -> None:
         request = json.loads(line)
         if request["op"] == "cluster":
             reply = _cluster_by_math(request["answers"], request["timeout_s"])
+        elif request["op"] == "extract":
+            reply = [_extract_by_math(text, request["timeout_s"]) for text in request["texts"]]
         else:
             reply = _grade_by_math(request["gold"], request["answers"], request["timeout_s"])
         replies.write(json.dumps(reply) + "\n")

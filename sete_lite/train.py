@@ -123,12 +123,13 @@ def run(
     from sete_lite.distributed import launched_processes, launcher_note
     from sete_lite.eval import benchmark_prompts, evaluate_and_write, format_table, load_benchmarks
     from sete_lite.model import load_adapter_weights, load_policy
-    from sete_lite.rewards import resolve_reward_functions
+    from sete_lite.rewards import resolve_reward_functions, zero_reward_cause
     from sete_lite.rollout import check_context, context_limit, make_engine
     from sete_lite.rundir import (
         RewardEntropyBar,
         RunDir,
         RunRecorder,
+        ZeroRewardWarning,
         check_checkpoint_curriculum,
         check_checkpoint_readable,
         check_resume_config,
@@ -139,7 +140,7 @@ def run(
         truncate_log,
         write_run_readme,
     )
-    from sete_lite.score import model_producer, score_dataset, write_score_report
+    from sete_lite.score import model_producer, score_dataset, write_score_report, zero_pass_warning
     from sete_lite.trainer import SENTTrainer
 
     shared, model_cfg, data_cfg, score_cfg, curriculum, run_cfg, eval_cfg, train_cfg = configs
@@ -153,7 +154,9 @@ def run(
     # Everything cheap first: a bad config or dataset fails before a model is loaded.
     check_settings(configs)
     shared.apply_num_threads()
-    reward_funcs = resolve_reward_functions(run_cfg.reward_funcs, answer_timeout_s=shared.answer_timeout_s)
+    reward_funcs = resolve_reward_functions(
+        run_cfg.reward_funcs, answer_timeout_s=shared.answer_timeout_s, answer_extraction=shared.answer_extraction
+    )
     records = load_records(data_cfg)
     evaluating = run_cfg.eval_before_training or run_cfg.eval_at_stage_end
     heldout = load_benchmarks(eval_cfg) if evaluating else {}
@@ -197,6 +200,7 @@ def run(
             run_dir.evaluation(name),
             seed=shared.seed,
             answer_timeout_s=shared.answer_timeout_s,
+            answer_extraction=shared.answer_extraction,
             use_adapter=use_adapter,
             progress=False,
         )
@@ -214,11 +218,14 @@ def run(
         model_producer(model_cfg),
         seed=shared.seed,
         answer_timeout_s=shared.answer_timeout_s,
+        answer_extraction=shared.answer_extraction,
         scores_dir=run_dir.se_scores,
         processes=processes,
     )
     if processes.is_main:
         print(write_score_report(scores, run_dir.se_scores, score_cfg, curriculum.num_stages))
+        if warning := zero_pass_warning(scores, shared.answer_extraction):
+            print(warning)
     se = [row[f"se_{score_cfg.se_estimator}"] for row in scores]
     stages = stage_indices(se, curriculum.num_stages) if curriculum.curriculum else None
     stage_of = {i: k for k, stage in enumerate(stages or [range(len(records))]) for i in stage}
@@ -240,7 +247,11 @@ def run(
         curriculum=curriculum,
         callbacks=[
             recorder := RunRecorder(run_dir, model_cfg.model_name_or_path, processes),
-            *([RewardEntropyBar()] if processes.is_main else []),
+            *(
+                [RewardEntropyBar(), ZeroRewardWarning(zero_reward_cause(shared.answer_extraction))]
+                if processes.is_main
+                else []
+            ),
         ],
     )
     if run_cfg.eval_at_stage_end:
@@ -291,9 +302,11 @@ def run(
 
 def check_settings(configs: TrainConfigs) -> None:
     """Errors that name the fix for settings this machine or this method cannot honour."""
-    from sete_lite.model import ADAPTER_BASE_FILE, adapter_base_model, resolve_backend
+    from sete_lite.builtins import resolve_builtin
+    from sete_lite.model import ADAPTER_BASE_FILE, adapter_base_model, check_model_source, resolve_backend
 
     resolve_backend(configs.model)  # unsloth without the package, fast_inference without a GPU
+    check_model_source(resolve_builtin(configs.model.model_name_or_path))  # a missing path, package or hub name
     adapter = configs.model.adapter_path
     if adapter and (Path(adapter) / ADAPTER_BASE_FILE).is_file():
         trained_on = adapter_base_model(adapter)

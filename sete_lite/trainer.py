@@ -28,6 +28,7 @@ trace and the curriculum metrics, and logs loss statistics as means over the pro
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,6 +114,8 @@ class SENTTrainer(GRPOTrainer):
             kwargs["args"].num_train_epochs = 1
         if rollout_engine is not None:
             kwargs["rollout_func"] = self._rollout
+            # TRL warns at every start that rollout_func is experimental: this class is what relies on it.
+            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         super().__init__(*args, **kwargs)
         self.last_loss_inputs: dict[str, torch.Tensor] | None = None
         # Which prompts each generation batch sampled, for the run's rollout trace (resume checks).

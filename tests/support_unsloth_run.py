@@ -1,6 +1,7 @@
-"""One smoke-config training run, on plain TRL or on Unsloth's patched trainer, recorded step by step.
+"""One short training run, on plain TRL or on Unsloth's patched trainer, recorded step by step.
 
     python tests/support_unsloth_run.py --backend unsloth --run-dir D --out record.json
+    python tests/support_unsloth_run.py --backend unsloth --config builtin:smollm2-cpu --set max_prompts=4 ...
 
 Run in a process of its own: `--backend unsloth` imports Unsloth and applies its GRPO rewrite
 (`PatchFastRL`), which on a GPU happens at `import unsloth` and rebinds `trl.GRPOTrainer` to a generated
@@ -22,6 +23,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--backend", choices=["transformers", "unsloth"], required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--config", default=str(REPO / "configs" / "smoke_cpu.yaml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
     if args.backend == "unsloth":
@@ -44,8 +47,9 @@ def main(argv: list[str]) -> None:
         "eval_before_training=false",
         "eval_at_stage_end=false",
         f"output_dir={args.run_dir}",
+        *args.set,
     ]
-    configs = parse_train_config(REPO / "configs" / "smoke_cpu.yaml", settings)
+    configs = parse_train_config(args.config, settings)
     steps: list[dict] = []
 
     class RecordLoss(TrainerCallback):

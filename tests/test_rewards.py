@@ -36,10 +36,14 @@ def test_format_reward_wants_a_complete_box():
 
 
 def test_registry_names_and_import_paths():
-    accuracy, format_ = resolve_reward_functions(["accuracy", "format"], answer_timeout_s=0.5)
-    # accuracy with the run's answer_timeout_s, under its own name (TRL logs rewards/<name>/mean)
-    assert (accuracy.func, accuracy.keywords, accuracy.__name__) == (accuracy_reward, {"answer_timeout_s": 0.5},
-                                                                     "accuracy_reward")  # fmt: skip
+    accuracy, format_ = resolve_reward_functions(
+        ["accuracy", "format"], answer_timeout_s=0.5, answer_extraction="math_verify"
+    )
+    # accuracy with the run's answer_timeout_s and answer_extraction, under its own name (TRL logs
+    # rewards/<name>/mean)
+    keywords = {"answer_timeout_s": 0.5, "answer_extraction": "math_verify"}
+    assert (accuracy.func, accuracy.keywords, accuracy.__name__) == (accuracy_reward, keywords, "accuracy_reward")
+    assert accuracy([""], ["7 + 5 = 12."], answer=["12"]) == [1.0]  # read from the prose
     assert format_ is format_reward
     assert resolve_reward_functions(["sete_lite.rewards:format_reward"]) == [format_reward]
     assert resolve_reward_functions(["sete_lite.rewards.accuracy_reward"])[0].func is accuracy_reward

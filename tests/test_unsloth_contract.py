@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 LOGP_ATOL = 1e-5
 
 
-def run_smoke(backend: str, tmp_path: Path) -> dict:
+def run_smoke(backend: str, tmp_path: Path, *options: str) -> dict:
     out = tmp_path / f"{backend}.json"
     result = subprocess.run(
         [
@@ -45,6 +45,7 @@ def run_smoke(backend: str, tmp_path: Path) -> dict:
             str(tmp_path / backend),
             "--out",
             str(out),
+            *options,
         ],
         cwd=REPO,  # the smoke config names the shipped data relative to the repository
         env={**os.environ, "UNSLOTH_COMPILE_LOCATION": str(tmp_path / "unsloth_compiled_cache")},
@@ -56,21 +57,49 @@ def run_smoke(backend: str, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.slow
-def test_sent_trainer_on_unsloths_generated_trainer_matches_plain_trl(tmp_path: Path) -> None:
+def require_unsloth() -> None:
     if importlib.util.find_spec("unsloth") is None:
         if os.environ.get("SETE_REQUIRE_UNSLOTH"):
             pytest.fail("unsloth is not installed but SETE_REQUIRE_UNSLOTH is set (CI installs it: scripts/setup.sh)")
         pytest.skip("unsloth is not installed (scripts/setup.sh installs its CPU build)")
+
+
+@pytest.mark.slow
+def test_sent_trainer_on_unsloths_generated_trainer_matches_plain_trl(tmp_path: Path) -> None:
+    require_unsloth()
     plain = run_smoke("transformers", tmp_path)
     unsloth = run_smoke("unsloth", tmp_path)
+    assert_same_training(plain, unsloth, tmp_path, steps=4)
 
+
+# The real model's run, cut down: 2 steps of 2 prompts x 4 completions of at most 24 tokens.
+SMOLLM2_RUN = [
+    "--config", "builtin:smollm2-cpu",
+    *("--set", "max_prompts=4", "--set", "se_num_samples=2", "--set", "se_max_tokens=8"),
+    *("--set", "num_generations=4", "--set", "per_device_train_batch_size=8", "--set", "max_completion_length=24"),
+    *("--set", "lora_r=4", "--set", "lora_alpha=8", "--set", "save_steps=100"),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sent_trainer_on_unsloths_generated_trainer_matches_plain_trl_on_the_real_model(
+    tmp_path: Path, smollm2_dir: Path
+) -> None:
+    """The same contract on SmolLM2-135M-Instruct: Llama layers (which Unsloth patches with its own
+    fast paths), a 49k vocabulary, the chat template."""
+    require_unsloth()
+    plain = run_smoke("transformers", tmp_path, *SMOLLM2_RUN)
+    unsloth = run_smoke("unsloth", tmp_path, *SMOLLM2_RUN)
+    assert_same_training(plain, unsloth, tmp_path, steps=2)
+
+
+def assert_same_training(plain: dict, unsloth: dict, tmp_path: Path, steps: int) -> None:
     # The class under test really is Unsloth's generated trainer, bound where TRL's was.
     assert plain["trainer_base"] == "trl.trainer.grpo_trainer.GRPOTrainer"
     assert unsloth["trainer_base"] == "UnslothGRPOTrainer.UnslothGRPOTrainer"
     assert plain["trl_grpo_trainer_is_base"] and unsloth["trl_grpo_trainer_is_base"]
 
-    assert len(plain["steps"]) == len(unsloth["steps"]) == 4
+    assert len(plain["steps"]) == len(unsloth["steps"]) == steps
     assert unsloth["rewards"] == plain["rewards"]
     for step, (a, b) in enumerate(zip(plain["steps"], unsloth["steps"], strict=True)):
         assert b["advantages"] == a["advantages"], step

