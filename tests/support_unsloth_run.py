@@ -65,7 +65,13 @@ def main(argv: list[str]) -> None:
             with torch.no_grad():
                 for ids, row_mask, keep in zip(seen["input_ids"], seen["attention_mask"], mask, strict=True):
                     ids = ids[row_mask.bool()][None]  # the prompt without its left pads, the valid completion
-                    logp, _ = completion_logprobs(self.trainer.model, ids, torch.ones_like(ids), int(keep.sum()))
+                    logp, _ = completion_logprobs(
+                        self.trainer.model,
+                        ids,
+                        torch.ones_like(ids),
+                        int(keep.sum()),
+                        temperature=self.trainer.temperature,
+                    )
                     alone.extend(logp[0].tolist())
             steps.append(
                 {

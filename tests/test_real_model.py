@@ -347,4 +347,6 @@ def test_merged_export_of_the_real_run_reloads_to_the_trained_policy(real_run, t
         with policy.disable_adapter():
             untrained = base(input_ids=ids).logits
     assert (expected - untrained).abs().max() > 1e-4  # the adapter changes the policy ...
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)  # ... and the merged model is that policy
+    # ... and the merged model is that policy, up to float32 rounding of W + s BA against W x + s B(A x)
+    # through 30 layers (measured: 1.2e-4, against an adapter effect of 1.1 on the logits).
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-3)

@@ -14,6 +14,7 @@ from sete_lite.semantic import (
     cluster_answers,
     cluster_entropy,
     extract_answer,
+    extract_answers,
     grade_answers,
     likelihood_weights,
 )
@@ -42,6 +43,40 @@ from sete_lite.semantic import (
 )
 def test_extract_answer(text: str, expected: str | None) -> None:
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7 + 5 = 12.", "12"),  # the result after the last '='
+        ("The answer is 42. Let me know if you need more!", "42"),
+        (r"So $x = \frac{1}{2}$.", r"x = \frac{1}{2}"),  # LaTeX, as math-verify extracts it (graded as 1/2)
+        (r"First 3, then \boxed{7}, then 9", "7"),  # a box comes first
+        ("The total is $1,234.", "1234"),  # thousands separator read as one number
+        ("It is -3.", "-3"),
+        ("1/2 of them", "1/2"),  # a fraction is a value
+        (r"$5 - 2\sqrt{3}$", r"5 - 2\sqrt{3}"),  # not plain arithmetic: a value
+        ("$3 - 2i$", "3 - 2i"),
+        ("Sam has 15 - 8 marbles left.", None),  # arithmetic left undone is no answer
+        ("The product is 7 * 4", None),
+        (r"$2 \cdot 3$", None),
+        (r"\boxed{15-8}", None),
+        ("What is it?", None),
+    ],
+)
+def test_extract_answers_math_verify(text: str, expected: str | None) -> None:
+    assert extract_answers([text], "math_verify") == [expected]
+
+
+def test_extract_answers_off_the_main_thread_goes_through_the_helper() -> None:
+    texts = ["7 + 5 = 12.", "Sam has 15 - 8 marbles left.", r"\boxed{3}"]
+    found: list = []
+    thread = threading.Thread(target=lambda: found.append(extract_answers(texts, "math_verify")))
+    thread.start()
+    thread.join()
+    assert found == [["12", None, "3"]]
+    with pytest.raises(ValueError, match="answer_extraction must be one of"):
+        extract_answers(texts, "regex")
 
 
 def test_clusters_mixed_forms() -> None:
