@@ -52,8 +52,25 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     write_text(path, jsonl_lines(rows))
 
 
+def cut_torn_tail(path: Path) -> None:
+    """Drop a last line without its newline: what a write killed mid-line leaves (never a whole row)."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        data = path.read_bytes()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Append whole lines in one write, synced before returning: a crash leaves at most a torn last line."""
+    """Append whole lines in one write, synced before returning: a crash leaves at most a torn last line,
+    which the next append cuts off first (so the rows always start on a fresh line)."""
+    cut_torn_tail(path)
     with naming_full_disk(path), open(path, "a") as f:
         f.write(jsonl_lines(rows))
         f.flush()
@@ -61,15 +78,29 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The complete lines of a jsonl file (a torn last line is skipped); [] for a missing file."""
+    """The rows of a jsonl file; [] for a missing file. A torn last line (no newline: a write killed
+    mid-line) is skipped; any other line that is not a JSON object is an error naming the file and line."""
     if not path.exists():
         return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text; the file is damaged: fix or delete that line") from None
+    lines = text.split("\n")
+    lines.pop()  # "" when the file ends with a newline, else a torn line: skipped (cut_torn_tail cuts it)
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            row = error
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"{path}, line {number}: not a JSON object ({str(row)[:80]}); the file is damaged: fix or delete "
+                "that line (only a torn last line, from a killed write, is skipped)"
+            )
+        rows.append(row)
     return rows
 
 

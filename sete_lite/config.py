@@ -52,6 +52,8 @@ class SharedConfig:
         from sete_lite.semantic import check_answer_extraction
 
         check_answer_extraction(self.answer_extraction)
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), as torch and numpy take it, got {self.seed}")
         if self.answer_timeout_s <= 0:
             raise ValueError(f"answer_timeout_s must be positive, got {self.answer_timeout_s}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -223,18 +225,64 @@ def training_keys() -> list[str]:
     return field_names(*(section_class(section) for section in SECTIONS))
 
 
-def run_cli(main: typing.Callable[[list[str]], Any]) -> None:
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` is a write that failed for lack of space: an OSError ENOSPC, or what torch's and
+    safetensors' writers raise instead (torch: "[enforce fail at inline_container.cc ...]", no errno)."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    text = str(error)
+    return "No space left on device" in text or "inline_container.cc" in text or "PytorchStreamWriter" in text
+
+
+# Set by the command line's SIGINT handler. Python drops a KeyboardInterrupt raised inside a garbage
+# collector callback ("Exception ignored in ..."), so long loops also check this flag at safe points.
+INTERRUPT_REQUESTED = False
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    global INTERRUPT_REQUESTED
+    INTERRUPT_REQUESTED = True
+    raise KeyboardInterrupt
+
+
+def stop_if_interrupted() -> None:
+    """Raise KeyboardInterrupt when Ctrl-C was pressed (see INTERRUPT_REQUESTED); a long loop calls it
+    at each step, batch or save."""
+    if INTERRUPT_REQUESTED:
+        raise KeyboardInterrupt
+
+
+def run_cli(main: typing.Callable[[list[str]], Any], interrupted: str = "") -> None:
     """A command's entry point: an error the user can fix prints one line (what is wrong, which key or
-    file, the fix) instead of a traceback, which SETE_LITE_DEBUG=1 brings back."""
+    file, the fix) instead of a traceback, which SETE_LITE_DEBUG=1 brings back. A full disk is said as
+    such, whoever raised it. Ctrl-C ends in one line, `interrupted` (what to do next), and exit code 130."""
     import os
+    import signal
     import sys
 
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when Ctrl-C is ignored
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         main(sys.argv[1:])
-    except (ValueError, KeyError, OSError, RuntimeError, ImportError) as error:
+    except KeyboardInterrupt:
         if os.environ.get("SETE_LITE_DEBUG") == "1":
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"interrupted{': ' + interrupted if interrupted else ''}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as error:
+        if os.environ.get("SETE_LITE_DEBUG") == "1":
+            raise
+        if is_disk_full(error):
+            message = (
+                f"no space left on the device ({str(error).strip().splitlines()[0][:200]}); free some space and rerun"
+                + (f" ({interrupted})" if interrupted else "")
+            )
+        elif isinstance(error, (ValueError, KeyError, OSError, RuntimeError, ImportError)):
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        else:
+            raise
         print(f"error: {message}\n(SETE_LITE_DEBUG=1 shows the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -267,6 +315,10 @@ def parse_config(
     """
     valid = list(dict.fromkeys([*field_names(*dataclass_types), *also_valid]))
     check_known_keys(load_yaml(path), valid, f"config file '{path}'")
-    check_known_keys((parse_override(text)[0] for text in overrides), valid, "--set")
+    keys = [parse_override(text)[0] for text in overrides]
+    check_known_keys(keys, valid, "--set")
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:  # as a key given twice in a YAML file: which one was meant?
+        raise ValueError(f"{', '.join(twice)} given twice on the command line (--set or a flag); give each key once")
     values = read_values(path, overrides, defaults)
     return tuple(build(cls, values) for cls in dataclass_types)

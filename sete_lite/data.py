@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,13 @@ def question_text(value: Any, question_format: str) -> str:
     return text
 
 
-def gold_answer(solution: str) -> str:
-    """The final answer of a gold solution: its last box or `####` answer, else the text itself."""
+def gold_answer(solution: Any) -> str:
+    """The final answer of a gold solution: its last box or `####` answer, else the text itself. A number
+    (a JSON number in the dataset) is written out in plain digits: str() would turn 0.00001 into 1e-05,
+    which math-verify does not read as that number."""
+    if isinstance(solution, float):
+        solution = format(Decimal(repr(solution)), "f")  # repr: the shortest digits that read back the same
+    solution = str(solution)
     return extract_answer(solution) or solution.strip()
 
 
@@ -95,13 +101,31 @@ def _load_rows(cfg: DataConfig) -> list[dict]:
             raise FileNotFoundError(f"dataset file '{path}' does not exist")
         if path.stat().st_size == 0:  # datasets fails on it with a bare StopIteration
             raise ValueError(f"dataset '{path}' is empty")
-        dataset = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        check_utf8(path)
+        try:
+            dataset = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        except ValueError as error:  # datasets: 'Instruction "train" corresponds to no data!' for a blank file
+            if "corresponds to no data" in str(error):
+                raise ValueError(f"dataset '{path}' has no rows") from None
+            raise
     elif path.exists():
         raise ValueError(f"dataset file '{path}' must end in one of {sorted(LOCAL_FORMATS)}")
     else:
         check_hub_name(cfg.dataset_name_or_path, "dataset", "dataset_name_or_path")  # a typo fails now, not in a minute
         dataset = datasets.load_dataset(cfg.dataset_name_or_path, cfg.dataset_config, split=cfg.dataset_split)
     return dataset.to_list()
+
+
+def check_utf8(path: Path) -> None:
+    """A text dataset file that is not UTF-8 is named with the line where it stops being so."""
+    if path.suffix == ".parquet":
+        return
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"dataset '{path}', line {line}: not UTF-8 text; save the file as UTF-8") from None
 
 
 def load_records(cfg: DataConfig) -> list[dict]:
@@ -117,11 +141,17 @@ def load_records(cfg: DataConfig) -> list[dict]:
     required = [cfg.question_column, cfg.answer_column] + ([cfg.id_column] if cfg.id_column else [])
     missing = [name for name in required if not _has_column(rows[0], name)]
     if missing:
+        hint = " (id_column: null numbers the rows instead)" if cfg.id_column in missing else ""
         raise KeyError(
-            f"dataset '{cfg.dataset_name_or_path}' has no column(s) {missing}; its columns are {sorted(rows[0])}"
+            f"dataset '{cfg.dataset_name_or_path}' has no column(s) {missing}{hint}; its columns are {sorted(rows[0])}"
         )
     records, invalid = [], []
     for index, row in enumerate(rows[: cfg.max_prompts]):
+        if cfg.id_column and column(row, cfg.id_column) is None:
+            raise ValueError(
+                f"dataset '{cfg.dataset_name_or_path}' row {index}: its id ('{cfg.id_column}') is null; ids must be "
+                "unique values (id_column: null numbers the rows instead)"
+            )
         record_id = str(column(row, cfg.id_column)) if cfg.id_column else str(index)
         problem = unusable(row, cfg)
         if problem:
@@ -132,7 +162,7 @@ def load_records(cfg: DataConfig) -> list[dict]:
             {
                 "id": record_id,
                 "question": question,
-                "answer": gold_answer(str(column(row, cfg.answer_column))),
+                "answer": gold_answer(column(row, cfg.answer_column)),
                 # replace, not format: the template's own \boxed{} braces would break str.format
                 "prompt": cfg.prompt_template.replace("{question}", question),
             }
@@ -166,7 +196,7 @@ def unusable(row: dict, cfg: DataConfig) -> str | None:
             return f"{name} is null"
         if not str(value).strip():
             return f"{name} is empty"
-    if not parses_as_math(gold_answer(str(column(row, cfg.answer_column)))):
+    if not parses_as_math(gold_answer(column(row, cfg.answer_column))):
         return f"gold answer {str(column(row, cfg.answer_column))[:40]!r} is not parseable as math"
     return None
 

@@ -39,7 +39,9 @@ from tqdm.auto import tqdm
 
 from sete_lite.atomic import check_writable_dir, write_jsonl, write_text
 from sete_lite.builtins import resolve_builtin
+from sete_lite.config import stop_if_interrupted
 from sete_lite.data import DEFAULT_PROMPT_TEMPLATE, LOCAL_FORMATS, DataConfig, apply_chat_template, load_records
+from sete_lite.outdir import claim
 from sete_lite.rollout import RolloutEngine, SamplingConfig, check_context, context_limit
 from sete_lite.semantic import DEFAULT_TIMEOUT_S, extract_answers, grade_answers
 
@@ -325,6 +327,7 @@ def evaluate(
                     )
                 offset += len(batch)
                 bar.update(len(batch))
+                stop_if_interrupted()
             per_benchmark[label] = benchmark_scores(correct, cfg.eval_k)
             bar.set_postfix({f"{label} avg": round(per_benchmark[label]["avg"], 3)})
     return {
@@ -439,9 +442,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="flat YAML config (model keys and eval_ keys)")
     parser.add_argument("--model", help="base model: hub name, local directory or builtin:arith-qwen2")
     parser.add_argument("--adapter", help="LoRA adapter directory (default: none, the base model)")
-    parser.add_argument("--benchmarks", nargs="+", help=f"names ({', '.join(BENCHMARKS)}) or jsonl/parquet files")
+    parser.add_argument(
+        "--allow-other-base", action="store_true", help="with --adapter: --model may differ from the adapter's base"
+    )
+    parser.add_argument(
+        "--benchmarks",
+        nargs="+",
+        action="extend",
+        help=f"names ({', '.join(BENCHMARKS)}) or jsonl/parquet files (repeatable)",
+    )
     parser.add_argument("--n", type=int, help="samples per problem (default 16)")
-    parser.add_argument("--k", type=int, nargs="+", help="Pass@k for these k (default 1 8 16)")
+    parser.add_argument("--k", type=int, nargs="+", action="extend", help="Pass@k for these k (default 1 8 16)")
     parser.add_argument("--max-problems", type=int, help="the first N problems of each benchmark")
     parser.add_argument("--output-dir", help="where results.json, results.md and samples.jsonl go")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -451,11 +462,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sete_lite.config import parse_config, read_values, training_keys
     from sete_lite.distributed import refuse_several_processes
-    from sete_lite.model import import_unsloth_first, load_policy
+    from sete_lite.model import check_adapter_base, import_unsloth_first, load_policy
     from sete_lite.rollout import check_engine_possible, make_engine
 
     refuse_several_processes("python -m sete_lite.eval")
     args = parse_args(argv)
+    if args.model and args.adapter:
+        check_adapter_base(args.adapter, args.model, "--model", args.allow_other_base)
     flags = {
         "eval_benchmarks": args.benchmarks,
         "eval_num_samples": args.n,
@@ -466,32 +479,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None] + args.set
     import_unsloth_first(read_values(args.config, overrides))  # Unsloth patches transformers: before it loads
     shared, model_cfg, cfg = parse_config(config_classes(), args.config, overrides, also_valid=training_keys())
+    if not (args.model or args.adapter or args.config or read_values(None, args.set).get("model_name_or_path")):
+        raise ValueError(
+            "nothing to evaluate: pass --model NAME_OR_PATH (a base model), --adapter DIR (a trained adapter; its "
+            "base is recorded beside it), or --config FILE"
+        )
     model_cfg = adapter_model_config(model_cfg, args.adapter, args.model)
 
     check_engine_possible(shared.rollout_engine, model_cfg)
-    check_writable_dir(Path(cfg.eval_output_dir), "--output-dir (eval_output_dir)")
+    output_dir = Path(cfg.eval_output_dir)
+    check_writable_dir(output_dir, "--output-dir (eval_output_dir)")
     benchmarks = load_benchmarks(cfg)  # before the model: bad data fails in seconds
     shared.apply_num_threads()
-    model, tokenizer = load_policy(model_cfg, seed=shared.seed)
-    benchmarks = benchmark_prompts(benchmarks, tokenizer, cfg)
-    engine = make_engine(shared.rollout_engine, model, tokenizer, model_cfg, seed=shared.seed)
-    prompts = [r["prompt"] for rs in benchmarks.values() for r in rs]
-    check_context(tokenizer, prompts, cfg.eval_max_tokens, context_limit(model, engine), "eval_max_tokens")
-    # Without an adapter, load_policy's fresh LoRA is switched off: exactly the base model.
-    use_adapter = model_cfg.adapter_path is not None
-    meta = {"model": model_cfg.model_name_or_path, "adapter": model_cfg.adapter_path, "engine": type(engine).__name__}
-    output_dir = Path(cfg.eval_output_dir)
-    results = evaluate_and_write(
-        engine,
-        benchmarks,
-        cfg,
-        output_dir,
-        seed=shared.seed,
-        answer_timeout_s=shared.answer_timeout_s,
-        answer_extraction=shared.answer_extraction,
-        use_adapter=use_adapter,
-        meta=meta,
-    )
+    with claim(output_dir, "eval", "--output-dir (eval_output_dir)"):
+        model, tokenizer = load_policy(model_cfg, seed=shared.seed)
+        benchmarks = benchmark_prompts(benchmarks, tokenizer, cfg)
+        engine = make_engine(shared.rollout_engine, model, tokenizer, model_cfg, seed=shared.seed)
+        prompts = [r["prompt"] for rs in benchmarks.values() for r in rs]
+        limit = context_limit(model, engine, model_cfg.max_seq_length)
+        check_context(tokenizer, prompts, cfg.eval_max_tokens, limit, "eval_max_tokens")
+        # Without an adapter, load_policy's fresh LoRA is switched off: exactly the base model.
+        use_adapter = model_cfg.adapter_path is not None
+        meta = {
+            "model": model_cfg.model_name_or_path,
+            "adapter": model_cfg.adapter_path,
+            "engine": type(engine).__name__,
+        }
+        results = evaluate_and_write(
+            engine,
+            benchmarks,
+            cfg,
+            output_dir,
+            seed=shared.seed,
+            answer_timeout_s=shared.answer_timeout_s,
+            answer_extraction=shared.answer_extraction,
+            use_adapter=use_adapter,
+            meta=meta,
+        )
     print(format_table(results, cfg.eval_k, cfg.eval_num_samples))
     print(f"wrote {output_dir / 'results.json'}, results.md and samples.jsonl ({len(results['samples'])} samples)")
     return results
@@ -500,4 +524,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     from sete_lite.config import run_cli
 
-    run_cli(main)
+    run_cli(main, interrupted="nothing was written; run the command again")

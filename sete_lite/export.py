@@ -34,6 +34,7 @@ import torch
 
 from sete_lite.atomic import replace_dir
 from sete_lite.distributed import refuse_several_processes
+from sete_lite.outdir import lock
 from sete_lite.rundir import RunDir
 
 METHODS = ("lora", "merged_16bit", "gguf")
@@ -61,6 +62,9 @@ def resolve_adapter(run_dir: str | Path | None, adapter: str | Path | None, stag
         layout = RunDir(Path(run_dir))
         path = layout.adapter if stage is None else layout.stage_adapter(stage)
         hint = "has the run finished? (python -m sete_lite.train writes adapter/ at the end and adapter/stage-K)"
+        saved = sorted(int(p.name.split("-")[1]) for p in layout.adapter.glob("stage-*") if p.name[6:].isdigit())
+        if stage is not None and saved and stage not in saved:
+            hint = f"the run saved the adapters of stages {', '.join(map(str, saved))}"
     else:
         path = Path(adapter)
         hint = "point --adapter at a directory written by save_pretrained (e.g. a run's adapter/)"
@@ -69,12 +73,14 @@ def resolve_adapter(run_dir: str | Path | None, adapter: str | Path | None, stag
     return path
 
 
-def resolve_base(adapter_dir: Path, base: str | None) -> str:
+def resolve_base(adapter_dir: Path, base: str | None, allow_other_base: bool = False) -> str:
     """The base model: `base`, else the one the adapter records (see model.adapter_base_model); built-in
-    names resolved."""
+    names resolved. Another base than the recorded one is refused unless `allow_other_base`."""
     from sete_lite.builtins import resolve_builtin
-    from sete_lite.model import adapter_base_model, check_model_source, resolve_model_path
+    from sete_lite.model import adapter_base_model, check_adapter_base, check_model_source, resolve_model_path
 
+    if base:
+        check_adapter_base(adapter_dir, base, "--base", allow_other_base)
     name = base or adapter_base_model(adapter_dir)
     if not name:
         raise ValueError(f"the adapter at '{adapter_dir}' does not record its base model; pass --base")
@@ -270,6 +276,7 @@ def export(
     dtype: str = "bfloat16",
     quantization: str = "q8_0",
     verify: bool = True,
+    allow_other_base: bool = False,
 ) -> Path:
     """Export the adapter at `adapter_dir` to `output` with `method`; returns the output directory."""
     check_method(method, dtype)
@@ -278,7 +285,7 @@ def export(
         from sete_lite.model import import_unsloth
 
         import_unsloth(vllm_standby=False)  # Unsloth patches transformers and peft: before they are imported
-    base_name = resolve_base(adapter_dir, base)
+    base_name = resolve_base(adapter_dir, base, allow_other_base)
     info: dict[str, Any] = {"method": method, "adapter": str(adapter_dir), "base": base_name}
 
     def build(out: Path) -> None:
@@ -291,7 +298,9 @@ def export(
             info.update(dtype=dtype, quantization=quantization)
         write_info(out, info)
 
-    return publish(Path(output), build)
+    output = Path(output)
+    with lock(output.parent / f".{output.name}.lock", f"--output '{output}'", remove=True):  # one export at a time
+        return publish(output, build)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -303,6 +312,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--adapter", help="an adapter directory written by save_pretrained")
     parser.add_argument("--stage", type=int, help="with --run-dir: the adapter saved at the end of stage K")
     parser.add_argument("--base", help="base model (default: the one recorded in the adapter's config)")
+    parser.add_argument("--allow-other-base", action="store_true", help="--base may differ from the adapter's base")
     parser.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     parser.add_argument("--output", required=True, help="output directory (replaced atomically)")
     parser.add_argument("--dtype", default="bfloat16", help=f"merged weights: {', '.join(EXPORT_DTYPES)}")
@@ -324,6 +334,7 @@ def main(argv: list[str] | None = None) -> Path:
         dtype=args.dtype,
         quantization=args.quantization,
         verify=not args.no_verify,
+        allow_other_base=args.allow_other_base,
     )
     print(f"exported {adapter_dir} ({args.method}) to {out}")
     print(json.dumps(json.loads((out / EXPORT_INFO).read_text()), indent=2))
@@ -333,4 +344,4 @@ def main(argv: list[str] | None = None) -> Path:
 if __name__ == "__main__":
     from sete_lite.config import run_cli
 
-    run_cli(main)
+    run_cli(main, interrupted="the output directory is as it was (an export is swapped in only when complete)")

@@ -139,8 +139,16 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def check_model_source(name_or_path: str) -> None:
-    """Fail early on a local path that does not exist, and on a hub name the hub does not have."""
-    if Path(name_or_path).exists():
+    """Fail early on a local path that does not exist or holds a LoRA adapter instead of a model, and on
+    a hub name the hub does not have."""
+    path = Path(name_or_path)
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        base = adapter_base_model(path)
+        raise ValueError(
+            f"model_name_or_path '{name_or_path}' is a LoRA adapter, not a model: set adapter_path to it and "
+            f"model_name_or_path to its base ({base or 'the model it was trained on'})"
+        )
+    if path.exists():
         return
     if name_or_path.lower().endswith(".gguf"):
         raise FileNotFoundError(f"model file '{name_or_path}' does not exist; give the path of a .gguf model file")
@@ -161,6 +169,20 @@ def adapter_base_model(adapter_dir: str | Path) -> str | None:
         return json.loads(recorded.read_text())["base_model"]
     config_file = Path(adapter_dir) / "adapter_config.json"
     return json.loads(config_file.read_text()).get("base_model_name_or_path") if config_file.is_file() else None
+
+
+def check_adapter_base(adapter_dir: str | Path, base: str, flag: str, allow: bool = False) -> None:
+    """Refuse `base` (given by `flag`) when the adapter records another base model it was trained on: its
+    updates are deltas to that model's weights. `allow` (--allow-other-base) lets it through."""
+    recorded = adapter_base_model(adapter_dir)
+    if allow or recorded is None or recorded == base:
+        return
+    if Path(resolve_builtin(recorded)).resolve() == Path(resolve_builtin(base)).resolve():
+        return  # the same model named two ways (builtin:NAME and its path)
+    raise ValueError(
+        f"{flag} '{base}' is not the model the adapter at '{adapter_dir}' was trained on ('{recorded}'): leave "
+        f"{flag} out to use that one, or pass --allow-other-base to use another anyway"
+    )
 
 
 def read_adapter_config(adapter_dir: str, setting: str, fix: str) -> dict:

@@ -453,24 +453,25 @@ class VLLMEngine(_VLLMEngineBase):
 ENGINES = ("transformers", "vllm", "unsloth")
 
 
-def context_limit(model: Any, engine: RolloutEngine) -> int | None:
-    """The most tokens (prompt + completion) this policy and engine handle without cutting: vLLM's
-    max_model_len, and Unsloth's max_seq_length, beyond which its forward silently truncates the
-    input. None when neither applies (plain transformers)."""
-    limits = []
+def context_limit(model: Any, engine: RolloutEngine, max_seq_length: int | None = None) -> int | None:
+    """The most tokens (prompt + completion) this run handles: the configured `max_seq_length` (on every
+    backend), the model's own context (max_position_embeddings), vLLM's max_model_len, and Unsloth's
+    max_seq_length, beyond which its forward silently truncates the input. None when none is known."""
+    limits = [max_seq_length]
     llm = getattr(engine, "llm", None)
     if llm is not None:
         limits.append(llm.llm_engine.model_config.max_model_len)
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder_limit = getattr(causal_lm.get_decoder(), "max_seq_length", None)
-    if decoder_limit is not None:
-        limits.append(decoder_limit)
-    return min(limits) if limits else None
+    limits.append(getattr(causal_lm.get_decoder(), "max_seq_length", None))
+    limits.append(getattr(causal_lm.config, "max_position_embeddings", None))
+    known = [limit for limit in limits if isinstance(limit, int)]
+    return min(known) if known else None
 
 
 def check_context(tokenizer: Any, prompts: list[str], max_new_tokens: int, limit: int | None, key: str) -> None:
     """Refuse, before any sampling, prompts whose longest + `max_new_tokens` (config key `key`) exceeds
-    `limit` (see `context_limit`): vLLM would reject them and Unsloth's forward truncate them."""
+    `limit` (see `context_limit`): vLLM would reject them, Unsloth's forward truncate them, and a plain
+    model would sample past its context (or run out of memory trying)."""
     if limit is None or not prompts:
         return
     longest = max(len(ids) for ids in encode_prompts(tokenizer, prompts))

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from sete_lite.atomic import append_jsonl, read_jsonl, replace_dir, write_jsonl, write_text
+from sete_lite.config import stop_if_interrupted
 from sete_lite.distributed import ONE_PROCESS, Processes
 from sete_lite.model import ADAPTER_BASE_FILE
 
@@ -263,6 +264,7 @@ class RewardEntropyBar(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.bar.update(state.global_step - self.bar.n)
+        stop_if_interrupted()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "reward" in logs:

@@ -17,10 +17,10 @@ writes scores.jsonl, a histogram of SE (se_histogram.png) and the curriculum's p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
-import os
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +28,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sete_lite.atomic import append_jsonl, read_jsonl, write_jsonl, write_text
+from sete_lite.atomic import append_jsonl, cut_torn_tail, read_jsonl, write_jsonl, write_text
+from sete_lite.config import stop_if_interrupted
 from sete_lite.curriculum import stage_indices
 from sete_lite.distributed import ONE_PROCESS, Processes, launched_processes
+from sete_lite.outdir import claim, mark
 from sete_lite.rollout import Completion, RolloutEngine, SamplingConfig
 from sete_lite.semantic import (
     DEFAULT_TIMEOUT_S,
@@ -110,6 +112,8 @@ def open_cache(scores_dir: Path, producer: dict[str, Any], processes: Processes 
     see `merge_parts`) before anything is appended. Every process checks the producer.
     """
     scores_dir.mkdir(parents=True, exist_ok=True)
+    if processes.is_main:
+        mark(scores_dir, "score")  # a training run's cache too: the score command may add to it
     producer_path, scores_path = scores_dir / "producer.json", scores_dir / SCORES_FILE
     if producer_path.is_file():
         saved = json.loads(producer_path.read_text())
@@ -146,11 +150,7 @@ def merge_parts(scores_dir: Path) -> None:
     and cut a torn last line off scores.jsonl. A row whose id is already there is skipped: a merge
     killed between its write and the deletes is simply redone."""
     scores_path = scores_dir / SCORES_FILE
-    if scores_path.exists():
-        data = scores_path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) < len(data):
-            os.truncate(scores_path, len(complete))
+    cut_torn_tail(scores_path)
     parts = sorted(scores_dir.glob("scores.part-*.jsonl"))
     if not parts:
         return
@@ -246,6 +246,7 @@ def score_dataset(
             append_jsonl(part_file(scores_dir, processes), rows)
             done.update((row["id"], row) for row in rows)
             bar.update(len(rows))
+            stop_if_interrupted()
     if processes.count > 1:  # every process's rows, merged by the main process
         processes.wait_for_everyone()
         done = open_cache(scores_dir, produced_by, processes)
@@ -344,9 +345,9 @@ def config_classes() -> list[type]:
 def main(argv: list[str] | None = None) -> list[dict]:
     from sete_lite.atomic import check_writable_dir
     from sete_lite.config import parse_config, read_values, training_keys
-    from sete_lite.data import load_records, policy_prompts
-    from sete_lite.model import import_unsloth_first, load_policy
-    from sete_lite.rollout import check_context, check_engine_possible, context_limit, make_engine
+    from sete_lite.data import load_records
+    from sete_lite.model import import_unsloth_first
+    from sete_lite.rollout import check_engine_possible
 
     parser = argparse.ArgumentParser(
         prog="python -m sete_lite.score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -369,11 +370,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     shared.apply_num_threads()
     records = load_records(data_cfg)
     processes = launched_processes()  # before the model loads: each process of a launch on its own GPU
+    scores_dir = Path(cfg.se_scores_dir)
+    with claim(scores_dir, "score", "se_scores_dir") if processes.is_main else contextlib.nullcontext():
+        return score_and_report(shared, model_cfg, data_cfg, cfg, curriculum, records, processes)
+
+
+def score_and_report(shared, model_cfg, data_cfg, cfg, curriculum, records, processes) -> list[dict]:
+    """The score command's work once its directory is claimed: the SE pass, then the report."""
+    from sete_lite.data import policy_prompts
+    from sete_lite.model import load_policy
+    from sete_lite.rollout import check_context, context_limit, make_engine
+
     model, tokenizer = load_policy(model_cfg, seed=shared.seed)
     records = policy_prompts(records, tokenizer, data_cfg)  # the prompts training sees: its run reuses these scores
     engine = make_engine(shared.rollout_engine, model, tokenizer, model_cfg, seed=shared.seed)
     prompts = [r["prompt"] for r in records]
-    check_context(tokenizer, prompts, cfg.se_max_tokens, context_limit(model, engine), "se_max_tokens")
+    limit = context_limit(model, engine, model_cfg.max_seq_length)
+    check_context(tokenizer, prompts, cfg.se_max_tokens, limit, "se_max_tokens")
     rows = score_dataset(
         engine,
         records,
@@ -400,4 +413,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 if __name__ == "__main__":
     from sete_lite.config import run_cli
 
-    run_cli(main)
+    run_cli(main, interrupted="the same command resumes scoring where it stopped (scores are kept per batch)")

@@ -113,11 +113,32 @@ def run(
     """Score, stage and train in the run directory configs.train.output_dir; returns (the summary
     dict that is also printed, the trainer). Launched as several processes (sete_lite.distributed),
     every process checks, scores its share of the SE batches and trains its slice of each batch; the
-    main process alone evaluates and writes, and the others return no summary (None)."""
+    main process alone evaluates and writes, and the others return no summary (None).
+
+    The run directory is sete_lite's own (sete_lite.outdir): one holding anything else is refused,
+    and the main process holds its lock for the whole run."""
+    import contextlib
+
+    from sete_lite.atomic import check_writable_dir
+    from sete_lite.distributed import launched_processes
+    from sete_lite.outdir import claim, owner
+
+    root = Path(configs.train.output_dir)
+    if resume and owner(root) != "train":
+        raise ValueError(
+            f"--resume: '{root}' holds no sete_lite training run (is the path right?); leave out --resume to "
+            "start a new run there"
+        )
+    check_writable_dir(root, "output_dir")
+    main_process = launched_processes().is_main
+    with claim(root, "train", "output_dir") if main_process else contextlib.nullcontext():
+        return _run(configs, resume=resume, config_source=config_source, allow_config_change=allow_config_change)
+
+
+def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_config_change: bool):
     import datasets
     from transformers import PrinterCallback, ProgressCallback
 
-    from sete_lite.atomic import check_writable_dir
     from sete_lite.curriculum import stage_indices
     from sete_lite.data import load_records, policy_prompts
     from sete_lite.distributed import launched_processes, launcher_note
@@ -140,7 +161,13 @@ def run(
         truncate_log,
         write_run_readme,
     )
-    from sete_lite.score import model_producer, score_dataset, write_score_report, zero_pass_warning
+    from sete_lite.score import (
+        dataset_fingerprint,
+        model_producer,
+        score_dataset,
+        write_score_report,
+        zero_pass_warning,
+    )
     from sete_lite.trainer import SENTTrainer
 
     shared, model_cfg, data_cfg, score_cfg, curriculum, run_cfg, eval_cfg, train_cfg = configs
@@ -158,11 +185,11 @@ def run(
         run_cfg.reward_funcs, answer_timeout_s=shared.answer_timeout_s, answer_extraction=shared.answer_extraction
     )
     records = load_records(data_cfg)
+    settings["dataset_fingerprint"] = dataset_fingerprint(records)  # a resume on edited data is refused
     evaluating = run_cfg.eval_before_training or run_cfg.eval_at_stage_end
     heldout = load_benchmarks(eval_cfg) if evaluating else {}
     if curriculum.curriculum and len(records) < curriculum.num_stages:
         raise ValueError(f"{len(records)} prompts cannot fill {curriculum.num_stages} curriculum stages")
-    check_writable_dir(run_dir.root, "output_dir")
     checkpoint = run_dir.last_complete_checkpoint() if resume else None
     if resume and checkpoint is None:
         print(f"--resume: no complete checkpoint in {run_dir.root}; starting from the beginning")
@@ -185,7 +212,7 @@ def run(
     records = policy_prompts(records, tokenizer, data_cfg)
     heldout = benchmark_prompts(heldout, tokenizer, eval_cfg)
     engine = make_engine(shared.rollout_engine, model, tokenizer, model_cfg, seed=shared.seed)
-    limit = context_limit(model, engine)
+    limit = context_limit(model, engine, model_cfg.max_seq_length)
     prompts = [r["prompt"] for r in records]
     check_context(tokenizer, prompts, train_cfg.max_completion_length, limit, "max_completion_length")
     check_context(tokenizer, prompts, score_cfg.se_max_tokens, limit, "se_max_tokens")
@@ -261,6 +288,9 @@ def run(
     trainer.remove_callback(PrinterCallback)
     if checkpoint is not None and stages is not None:
         check_checkpoint_curriculum(checkpoint, trainer.build_curriculum_sampler())
+    cut_short = stages_cut_by_max_steps(trainer, train_cfg.max_steps)
+    if cut_short and processes.is_main:
+        print(f"note: {cut_short}")
     for log in (run_dir.metrics, run_dir.rollouts) if processes.is_main else ():
         # A resumed run drops what the killed run logged after its checkpoint; a fresh run starts empty.
         truncate_log(log, trainer_step(checkpoint) if checkpoint else -1)
@@ -287,13 +317,27 @@ def run(
         "num_prompts": len(records),
         "curriculum": (
             f"{curriculum.num_stages} stages by {score_cfg.se_estimator} semantic entropy, "
-            f"{curriculum.epochs_per_stage} epochs each"
+            f"{curriculum.epochs_per_stage} epochs each" + (f"; {cut_short}" if cut_short else "")
             if curriculum.curriculum
             else "off (shuffled prompts)"
         ),
     }
     write_run_readme(run_dir, facts, config_source, summary)
     return summary, trainer
+
+
+def stages_cut_by_max_steps(trainer: Any, max_steps: int) -> str | None:
+    """What a max_steps shorter than the curriculum leaves untrained, in a sentence; None if nothing."""
+    if trainer.curriculum_stages is None or max_steps <= 0:
+        return None
+    reached = {trainer.stage_of_step(step) for step in range(max_steps)}
+    missed = [stage for stage in range(len(trainer.curriculum_stages)) if stage not in reached]
+    if not missed:
+        return None
+    return (
+        f"max_steps={max_steps} ends the run before the curriculum does: stage(s) {', '.join(map(str, missed))} "
+        f"of {len(trainer.curriculum_stages)} are never trained"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,6 +359,12 @@ def check_settings(configs: TrainConfigs) -> None:
                 f"adapter_path '{adapter}' was trained on '{trained_on}' but model_name_or_path is "
                 f"'{configs.model.model_name_or_path}'; set model_name_or_path to the adapter's base"
             )
+    curriculum, train = configs.curriculum, configs.train
+    if not curriculum.curriculum and train.max_steps <= 0 and train.num_train_epochs <= 0:
+        raise ValueError(
+            f"num_train_epochs={train.num_train_epochs} with curriculum: false trains nothing; set num_train_epochs "
+            "(or max_steps) above 0"
+        )
     if configs.train.num_generations < 2:
         raise ValueError(
             f"num_generations={configs.train.num_generations}: group-relative advantages need at least 2 "
@@ -371,4 +421,4 @@ def summarize(run_dir: Any, seconds: float) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted="the same command with --resume continues from the last complete checkpoint")

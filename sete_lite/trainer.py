@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,9 @@ from sete_lite.curriculum import CurriculumConfig, CurriculumSampler
 from sete_lite.logprobs import completion_logprobs
 from sete_lite.loss import LossConfig, policy_loss
 from sete_lite.rollout import RolloutEngine, SamplingConfig, encode_prompts
+
+# In each checkpoint, per process: the generation batch being trained and TRL's micro-step counter.
+ROLLOUT_BUFFER = "rollout_buffer_{}.pt"
 
 
 @dataclass
@@ -126,6 +130,24 @@ class SENTTrainer(GRPOTrainer):
         sete_lite.rundir.write_run_readme writes at the end of a run."""
 
     # ------------------------------------------------------------------------------------------
+    # Checkpoints inside a generation batch
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Besides the RNG states: TRL's position in the current generation batch and the batch's
+        rollouts, which it keeps in memory only. With steps_per_generation > 1 a checkpoint can fall
+        inside a batch; resuming there must train the rest of that batch, not sample a new one."""
+        super()._save_rng_state(output_dir)
+        state = {"step": self._step, "buffered_inputs": self._buffered_inputs}
+        torch.save(state, Path(output_dir) / ROLLOUT_BUFFER.format(self.args.process_index))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        path = Path(checkpoint or "") / ROLLOUT_BUFFER.format(self.args.process_index)
+        if checkpoint and path.is_file():
+            state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
+            self._step, self._buffered_inputs = state["step"], state["buffered_inputs"]
+
+    # ------------------------------------------------------------------------------------------
     # Data order: the curriculum
 
     def _get_train_sampler(self, dataset=None):
@@ -156,8 +178,11 @@ class SENTTrainer(GRPOTrainer):
             * self.args.gradient_accumulation_steps
             * self.accelerator.num_processes
         )
-        position = min(step * samples_per_step, len(self.curriculum_sampler) - 1)
-        return self.curriculum_sampler.stage_at(position % len(self.curriculum_sampler))
+        # The sampler the dataloader walks, or (before training starts) the one it will walk.
+        sampler = getattr(self, "curriculum_sampler", None)
+        sampler = self.build_curriculum_sampler() if sampler is None else sampler
+        position = min(step * samples_per_step, len(sampler) - 1)
+        return sampler.stage_at(position % len(sampler))
 
     # ------------------------------------------------------------------------------------------
     # Rollouts

@@ -185,6 +185,7 @@ def test_resume_into_a_read_only_run_directory_is_refused_first(tmp_path, tiny_m
     config = write_config(tmp_path / "c.yaml", tiny_model_dir)
     run = tmp_path / "run"
     run.mkdir()
+    (run / ".sete_lite.json").write_text('{"kind": "train"}')  # a run's directory that became read-only
     run.chmod(0o500)
     try:
         with pytest.raises(PermissionError, match="not writable"):

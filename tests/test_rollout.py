@@ -302,11 +302,13 @@ def test_prompts_too_long_for_the_context_are_refused_before_sampling(policy):
 
     model, tokenizer = policy
     engine = TransformersEngine(model, tokenizer)
-    assert context_limit(model, engine) is None  # plain transformers: no hard limit
+    own = model.get_base_model().config.max_position_embeddings
+    assert context_limit(model, engine) == own  # plain transformers: the model's own context
+    assert context_limit(model, engine, max_seq_length=50) == 50  # the configured one, on every backend
     decoder = model.get_base_model().get_decoder()
     decoder.max_seq_length = 40  # as Unsloth sets it
     try:
-        assert context_limit(model, engine) == 40
+        assert context_limit(model, engine, max_seq_length=50) == 40
     finally:
         del decoder.max_seq_length
     prompts = ["1+1=", "x" * 30]

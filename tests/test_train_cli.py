@@ -201,6 +201,7 @@ def test_bad_input_fails_before_any_model_is_loaded(tmp_path, tiny_model_dir, ov
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path, tiny_model_dir):
     (tmp_path / "run" / "checkpoint-2").mkdir(parents=True)
+    (tmp_path / "run" / ".sete_lite.json").write_text('{"kind": "train"}')  # an earlier sete_lite run
     config = write_config(tmp_path / "c.yaml", tiny_model_dir)
     with pytest.raises(ValueError, match="--resume"):
         main(["--config", str(config), "--output-dir", str(tmp_path / "run")])
