@@ -108,6 +108,15 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ValueError(f"--set {text}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
 
 
+def refuse_repeated_keys(overrides: typing.Sequence[str]) -> None:
+    """A key given twice on a command line (--set or a flag) is refused, as one given twice in a YAML
+    file is: which value was meant? (Library callers may stack overrides: the last one wins.)"""
+    keys = [parse_override(text)[0] for text in overrides]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} given twice on the command line (--set or a flag); give each key once")
+
+
 def load_yaml(path: str | Path | None) -> dict[str, Any]:
     """The mapping in a YAML file or builtin:NAME ({} for None); a clear error, with the line, for a
     missing file, malformed YAML, a key given twice or a non-mapping."""
@@ -315,10 +324,6 @@ def parse_config(
     """
     valid = list(dict.fromkeys([*field_names(*dataclass_types), *also_valid]))
     check_known_keys(load_yaml(path), valid, f"config file '{path}'")
-    keys = [parse_override(text)[0] for text in overrides]
-    check_known_keys(keys, valid, "--set")
-    twice = sorted({key for key in keys if keys.count(key) > 1})
-    if twice:  # as a key given twice in a YAML file: which one was meant?
-        raise ValueError(f"{', '.join(twice)} given twice on the command line (--set or a flag); give each key once")
+    check_known_keys((parse_override(text)[0] for text in overrides), valid, "--set")
     values = read_values(path, overrides, defaults)
     return tuple(build(cls, values) for cls in dataclass_types)

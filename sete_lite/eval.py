@@ -460,7 +460,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from sete_lite.config import parse_config, read_values, training_keys
+    from sete_lite.config import parse_config, read_values, refuse_repeated_keys, training_keys
     from sete_lite.distributed import refuse_several_processes
     from sete_lite.model import check_adapter_base, import_unsloth_first, load_policy
     from sete_lite.rollout import check_engine_possible, make_engine
@@ -477,6 +477,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_output_dir": args.output_dir,
     }
     overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None] + args.set
+    refuse_repeated_keys(overrides)
     import_unsloth_first(read_values(args.config, overrides))  # Unsloth patches transformers: before it loads
     shared, model_cfg, cfg = parse_config(config_classes(), args.config, overrides, also_valid=training_keys())
     if not (args.model or args.adapter or args.config or read_values(None, args.set).get("model_name_or_path")):

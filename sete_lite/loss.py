@@ -18,15 +18,28 @@ TRL's keys keep TRL's meaning in every mode: `loss_type` (how per-token losses a
 `epsilon`/`epsilon_high`, `beta` (a uniform k3 KL to the reference), `entropy_coef` (minus coef x
 the mean entropy) and `top_entropy_quantile` (the policy term on the top-q entropy tokens only).
 Every selection is made over the valid (mask = 1) tokens of the batch given, and a fraction q of
-n tokens always selects max(1, floor(q * n)) of them.
+n tokens always selects max(1, floor(q * n)) of them. With several processes the batch is every
+process's micro-batch together (as TRL's top_entropy_quantile takes it): `gather` concatenates a
+tensor across processes, so selections, their counts and the covariance means are those one
+process would make over all the tokens.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+# Concatenates a 1-D tensor across processes in process order; returns (the whole tensor, where this
+# process's part starts). One process: the tensor itself at offset 0.
+Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
+
+
+def one_process(values: torch.Tensor) -> tuple[torch.Tensor, int]:
+    return values, 0
+
 
 MODES = ("sent", "sent_code", "grpo", "kl_cov", "clip_cov", "entropy_bonus", "high_entropy_mask")
 # TRL's loss types that change only how per-token losses are reduced (the others change the surrogate).
@@ -131,24 +144,50 @@ def count_of(fraction: float, n: int) -> int:
     return max(1, math.floor(fraction * n))
 
 
-def select_extreme(values: torch.Tensor, among: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
-    """Bool mask of the k tokens with the largest (or smallest) value among the `among` tokens.
+def select_extreme(
+    values: torch.Tensor,
+    among: torch.Tensor,
+    k: int,
+    largest: bool,
+    gather: Gather = one_process,
+    tiebreak: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bool mask of the k tokens with the largest (or smallest) value among the `among` tokens of all
+    processes (`gather`); this process's part of that selection. Fewer than k candidates selects them all.
 
-    Fewer than k candidates selects them all.
-    """
-    k = min(k, int(among.sum()))
-    candidates = values.masked_fill(~among, -math.inf if largest else math.inf)
-    picked = torch.topk(candidates.flatten(), k, largest=largest).indices
-    selected = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
-    selected[picked] = True
-    return selected.view_as(values)
+    Equal values are ordered by `tiebreak` (ascending), a property of the tokens themselves, so the
+    same tokens are chosen however the batch is ordered or split across processes (ties are common:
+    with every advantage 0, every covariance is 0). Tokens equal in both are ordered by position; they
+    are the same token of identical completions, whose gradients are the same."""
+    local = values[among].detach()
+    second = tiebreak[among].detach() if tiebreak is not None else torch.zeros_like(local)
+    everything, offset = gather(local)
+    seconds, _ = gather(second)
+    # Lexicographic order by (value, tiebreak) from two stable sorts: the secondary key first.
+    order = torch.sort(seconds, stable=True).indices
+    order = order[torch.sort(everything[order], descending=largest, stable=True).indices]
+    order = order[: min(k, everything.numel())]
+    mine = order[(order >= offset) & (order < offset + local.numel())] - offset
+    chosen = torch.zeros(local.numel(), dtype=torch.bool, device=values.device)
+    chosen[mine] = True
+    selected = torch.zeros_like(among, dtype=torch.bool)
+    selected[among] = chosen
+    return selected
 
 
-def centered_covariance(logp: torch.Tensor, advantages: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
-    """c_t = (l_t - mean l) * (A_t - mean A) with means over the `among` tokens (l detached)."""
+def total(values: torch.Tensor, gather: Gather = one_process) -> float:
+    """The sum of `values` over every process."""
+    return float(gather(values.detach().reshape(-1).sum().reshape(1))[0].sum())
+
+
+def centered_covariance(
+    logp: torch.Tensor, advantages: torch.Tensor, among: torch.Tensor, gather: Gather = one_process
+) -> torch.Tensor:
+    """c_t = (l_t - mean l) * (A_t - mean A) with means over the `among` tokens of all processes (l detached)."""
     logp = logp.detach()
-    mean_logp = logp[among].mean()
-    mean_adv = advantages[among].mean()
+    count = max(total(among.float(), gather), 1.0)
+    mean_logp = total(logp[among], gather) / count
+    mean_adv = total(advantages[among], gather) / count
     return (logp - mean_logp) * (advantages - mean_adv)
 
 
@@ -230,6 +269,7 @@ def policy_loss(
     generator: torch.Generator | None = None,
     max_completion_length: int | None = None,
     num_tokens: float | None = None,
+    gather: Gather = one_process,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The policy loss of `cfg.mode` on one batch of completion tokens.
 
@@ -244,6 +284,8 @@ def policy_loss(
         generator: random source for clip_cov's random selection.
         max_completion_length, num_tokens: the normalisers of loss_type dr_grpo and dapo (see
             reduce_tokens).
+        gather: with several processes, concatenates a tensor across them (see Gather): the selections
+            are made over every process's tokens.
 
     Returns:
         (loss, stats): a scalar to minimise, and a dict of floats to log.
@@ -251,6 +293,7 @@ def policy_loss(
     _check_inputs(logp, old_logp, ref_logp, advantages, entropy, mask, cfg)
     valid = mask.bool()
     n = int(valid.sum())
+    n_all = round(total(valid.float(), gather))  # the valid tokens of every process: what fractions count
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1).expand_as(logp)
     advantages = advantages.to(logp.dtype)
@@ -268,12 +311,16 @@ def policy_loss(
     # TRL's top_entropy_quantile: the policy term acts on the top-q tokens by entropy only (1.0: all).
     policy_tokens = valid
     if cfg.top_entropy_quantile < 1.0:
-        policy_tokens = select_extreme(entropy_detached, valid, count_of(cfg.top_entropy_quantile, n), largest=True)
+        k_top = count_of(cfg.top_entropy_quantile, n_all)
+        policy_tokens = select_extreme(entropy_detached, valid, k_top, True, gather, tiebreak=logp)
 
     # T_low, the lowest-entropy low_entropy_quantile of the tokens: where SENT puts its KL. Its entropy
     # is logged in every mode, so methods can be compared on the tokens SENT protects.
-    low = select_extreme(entropy_detached, valid, count_of(cfg.low_entropy_quantile, n), largest=False)
+    low = select_extreme(
+        entropy_detached, valid, count_of(cfg.low_entropy_quantile, n_all), False, gather, tiebreak=logp
+    )
     k_low = int(low.sum())
+    k_low_all = round(total(low.float(), gather))
     stats: dict[str, float] = {
         "entropy_mean": masked_mean(entropy_detached, valid),
         "low_entropy_frac": k_low / n,
@@ -292,8 +339,8 @@ def policy_loss(
     penalty = torch.zeros_like(logp)
     if cfg.mode == "sent":
         policy_term = surrogate
-        cov = centered_covariance(logp, advantages, low)
-        high_cov = select_extreme(cov, low, count_of(cfg.high_cov_ratio, k_low), largest=True)
+        cov = centered_covariance(logp, advantages, low, gather)
+        high_cov = select_extreme(cov, low, count_of(cfg.high_cov_ratio, k_low_all), True, gather, entropy_detached)
         low_only = low & ~high_cov
         penalty = (cfg.beta_high * high_cov.to(logp.dtype) + cfg.beta_low * low_only.to(logp.dtype)) * kl
         stats.update(
@@ -303,21 +350,22 @@ def policy_loss(
         )
     elif cfg.mode == "sent_code":
         policy_term = -unclipped
-        cov = centered_covariance(logp, advantages, low)
-        k = count_of(cfg.kl_cov_ratio, k_low)
-        high_cov = select_extreme(cov, low, k, largest=True)
-        low_cov = select_extreme(cov, low & ~high_cov, k, largest=False)
+        cov = centered_covariance(logp, advantages, low, gather)
+        k = count_of(cfg.kl_cov_ratio, k_low_all)
+        high_cov = select_extreme(cov, low, k, True, gather, entropy_detached)
+        low_cov = select_extreme(cov, low & ~high_cov, k, False, gather, entropy_detached)
         weights = (2.0 * high_cov.to(logp.dtype) + 0.5 * low_cov.to(logp.dtype)) * cfg.ppo_kl_coef
         penalty = weights * log_ratio.abs()
         stats.update(high_cov_frac=int(high_cov.sum()) / n, low_cov_frac=int(low_cov.sum()) / n)
     elif cfg.mode == "kl_cov":
         policy_term = -unclipped
-        cov = centered_covariance(logp, advantages, valid)
-        high_cov = select_extreme(cov, valid, count_of(cfg.kl_cov_ratio, n), largest=True)
+        cov = centered_covariance(logp, advantages, valid, gather)
+        high_cov = select_extreme(cov, valid, count_of(cfg.kl_cov_ratio, n_all), True, gather, entropy_detached)
         penalty = cfg.ppo_kl_coef * high_cov.to(logp.dtype) * log_ratio.abs()
         stats["high_cov_frac"] = int(high_cov.sum()) / n
     elif cfg.mode == "clip_cov":
-        cov = centered_covariance(logp, advantages, valid)
+        # The band is per token; the random subset is drawn on each process from its own candidates.
+        cov = centered_covariance(logp, advantages, valid, gather)
         already_clipped = is_clipped_low | is_clipped_high
         in_band = (cov > cfg.clip_cov_lb) & (cov < cfg.clip_cov_ub) & valid & ~already_clipped
         candidates = in_band.flatten().nonzero().squeeze(-1)

@@ -344,7 +344,7 @@ def config_classes() -> list[type]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     from sete_lite.atomic import check_writable_dir
-    from sete_lite.config import parse_config, read_values, training_keys
+    from sete_lite.config import parse_config, read_values, refuse_repeated_keys, training_keys
     from sete_lite.data import load_records
     from sete_lite.model import import_unsloth_first
     from sete_lite.rollout import check_engine_possible
@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     args = parser.parse_args(argv)
+    refuse_repeated_keys(args.set)
     import_unsloth_first(read_values(args.config, args.set))
     shared, model_cfg, data_cfg, cfg, curriculum = parse_config(
         config_classes(), args.config, args.set, also_valid=training_keys()

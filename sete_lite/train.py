@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sete_lite.config import parse_config, read_values, run_cli, section_class
+from sete_lite.config import parse_config, read_values, refuse_repeated_keys, run_cli, section_class
 from sete_lite.model import import_unsloth_first
 
 # The built-in arithmetic task on CPU (sete_lite/arith/tiny_cpu.yaml), found by name: see sete_lite.builtins.
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     config_path = args.config or DEFAULT_CONFIG
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    refuse_repeated_keys(overrides)
     import_unsloth_first(read_values(config_path, overrides))  # before TRL is imported to parse the config
     configs = parse_train_config(config_path, overrides)
     summary, _ = run(

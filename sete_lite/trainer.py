@@ -41,7 +41,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from sete_lite.curriculum import CurriculumConfig, CurriculumSampler
 from sete_lite.logprobs import completion_logprobs
-from sete_lite.loss import LossConfig, policy_loss
+from sete_lite.loss import LossConfig, one_process, policy_loss
 from sete_lite.rollout import RolloutEngine, SamplingConfig, encode_prompts
 
 # In each checkpoint, per process: the generation batch being trained and TRL's micro-step counter.
@@ -313,6 +313,7 @@ class SENTTrainer(GRPOTrainer):
             self.args,
             max_completion_length=self.max_completion_length,
             num_tokens=self._dapo_tokens_per_micro_batch(inputs, training),
+            gather=self._gather_tokens if self.accelerator.num_processes > 1 else one_process,
         )
         self.last_loss_inputs = {
             "input_ids": input_ids,
@@ -329,6 +330,15 @@ class SENTTrainer(GRPOTrainer):
         if training:  # HF's auto-scaling is off in GRPOTrainer: scale for accumulation here
             loss = loss / self.current_gradient_accumulation_steps
         return loss
+
+    def _gather_tokens(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """sete_lite.loss.Gather across the processes: every process's 1-D `values` in process order, and
+        where this process's start (the loss's token selections then span all the micro-batches)."""
+        sizes = self.accelerator.gather(torch.tensor([values.numel()], device=values.device)).tolist()
+        padded = self.accelerator.pad_across_processes(values, dim=0)
+        rows = self.accelerator.gather(padded).view(len(sizes), -1)
+        everything = torch.cat([row[:size] for row, size in zip(rows, sizes, strict=True)])
+        return everything, sum(sizes[: self.accelerator.process_index])
 
     def _dapo_tokens_per_micro_batch(self, inputs: dict[str, Any], training: bool) -> float | None:
         """loss_type dapo divides by the valid tokens of the whole accumulation window (TRL's

@@ -425,3 +425,80 @@ def test_loss_types_on_a_hand_computed_case():
     dapo = LossConfig(mode="grpo", loss_type="dapo")
     loss, _ = policy_loss(logp, logp.detach(), None, advantages, entropy, mask, dapo, num_tokens=8)
     assert loss.item() == pytest.approx((-3 + 2) / 8)  # 8 valid tokens across the accumulated batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes: the selections span every process's micro-batch
+
+
+class ThreadGather:
+    """An all-gather between threads that stand for processes (sete_lite.loss.Gather)."""
+
+    def __init__(self, processes: int) -> None:
+        import threading
+
+        self.barrier = threading.Barrier(processes)
+        self.slots: list = [None] * processes
+
+    def for_process(self, index: int):
+        def gather(values: torch.Tensor) -> tuple[torch.Tensor, int]:
+            self.slots[index] = values
+            self.barrier.wait()
+            parts = list(self.slots)
+            self.barrier.wait()  # every process has read the slots before the next call writes them
+            return torch.cat(parts), sum(part.numel() for part in parts[:index])
+
+        return gather
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        LossConfig(mode="sent", high_cov_ratio=0.1),
+        LossConfig(mode="sent_code", kl_cov_ratio=0.1),
+        LossConfig(mode="kl_cov", kl_cov_ratio=0.1),
+        LossConfig(mode="high_entropy_mask"),
+        LossConfig(mode="grpo", beta=0.04),
+    ],
+    ids=lambda cfg: cfg.mode,
+)
+@pytest.mark.parametrize("zero_advantages", [False, True], ids=["advantages", "all_advantages_zero"])
+def test_two_processes_select_and_train_as_one_process_does(cfg, zero_advantages):
+    """Before: each process selected T_low, T_hc (and the other modes' token sets) within its own
+    micro-batch, so a 2-process SENT run trained differently from a 1-process one (adapters 4e-3 apart
+    after 8 steps). Now the selections, their counts and the covariance means span both halves: the
+    processes' mean loss and their gradients are the 1-process ones."""
+    import threading
+
+    logp, old, ref, adv, ent, mask = random_batch(3, batch=8)
+    if zero_advantages:  # every group's rewards equal: every covariance is 0, and ties decide T_hc
+        adv = torch.zeros_like(adv)
+    whole = logp.clone().requires_grad_()
+    n = float(mask.sum())
+    loss_one, _ = policy_loss(whole, old, ref, adv, ent, mask, cfg, num_tokens=n)
+    loss_one.backward()
+
+    gather = ThreadGather(2)
+    halves = [slice(4, 8), slice(0, 4)]  # another order than the one process's: ties must not depend on it
+    parts = [logp[h].clone().requires_grad_() for h in halves]
+    losses: list = [None, None]
+
+    def process(index: int) -> None:
+        h = halves[index]
+        # TRL's dapo normaliser per process: the tokens of both processes over the number of processes.
+        loss, _ = policy_loss(
+            parts[index], old[h], ref[h], adv[h], ent[h], mask[h], cfg, num_tokens=n / 2,
+            gather=gather.for_process(index),
+        )  # fmt: skip
+        loss.backward()
+        losses[index] = loss.item()
+
+    threads = [threading.Thread(target=process, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # DDP averages the processes' gradients: each process's is twice its share of the whole.
+    assert sum(losses) / 2 == pytest.approx(loss_one.item(), rel=1e-12, abs=1e-15)
+    combined = torch.cat([parts[1].grad, parts[0].grad]) / 2  # rows 0-3, then 4-7
+    torch.testing.assert_close(combined, whole.grad, rtol=1e-12, atol=1e-15)
