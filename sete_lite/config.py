@@ -18,8 +18,12 @@ Instantiation itself is the dataclasses' own (their __post_init__ checks ranges 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import functools
+import inspect
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -31,18 +35,38 @@ import yaml
 from sete_lite.builtins import resolve_builtin
 
 
+def setting(default: Any, help: str, *, shown: str | None = None) -> Any:
+    """A config key's dataclass field: its default and one line of meaning, which `--help` and README's
+    configuration reference show (`reference_markdown`). `shown` is how that table writes the default
+    where the value alone does not say it all ("mode's", "`42` (TRL's)"). A list default is copied per
+    instance."""
+    metadata = {"help": help, **({"shown": shown} if shown else {})}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=functools.partial(list, default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclass
 class SharedConfig:
     """Keys every command reads (train, score, eval)."""
 
-    seed: int = 42  # TRL's default: LoRA initialisation, SE sampling, rollouts, evaluation sampling
-    rollout_engine: str = "auto"  # auto | transformers | vllm | unsloth: see sete_lite.rollout.make_engine
-    answer_timeout_s: float = 1.0  # time bound per answer parse or comparison (rewards, SE, evaluation)
+    seed: int = setting(42, "LoRA init, SE sampling, rollouts, evaluation sampling, data order", shown="`42` (TRL's)")
+    rollout_engine: str = setting(
+        "auto",
+        "`unsloth`, `vllm`, `transformers`; `auto` = the fastest available: Unsloth's vLLM when loaded, else a "
+        "separate vLLM on a GPU where vllm is installed, else transformers",
+    )
+    answer_timeout_s: float = setting(1.0, "time bound per answer parse or comparison (rewards, SE, evaluation)")
     # How a response's final answer is found, for rewards, SE clustering and evaluation alike:
     # "boxed" (the paper's: the last \boxed{}, else ####) or "math_verify" (math-verify's own extraction:
     # a box first, then LaTeX, then the last expression; for models that answer in prose).
-    answer_extraction: str = "boxed"
-    num_threads: int | None = None  # torch CPU threads; None = torch's default
+    answer_extraction: str = setting(
+        "boxed",
+        "how a response's final answer is found, for rewards, SE clustering and evaluation alike: `boxed` (the "
+        "paper's strict rule: the last `\\boxed{}`, else `#### x`) or `math_verify` (math-verify's own extraction: a "
+        "box first, then LaTeX, then the last number or expression; for models that answer in prose)",
+    )
+    num_threads: int | None = setting(None, "torch CPU threads (1 is fastest for tiny models on a busy CPU)")
 
     def __post_init__(self) -> None:
         from sete_lite.rollout import ENGINES
@@ -81,7 +105,7 @@ def check_known_keys(keys: typing.Iterable[str], valid: typing.Sequence[str], so
             hint = f" (did you mean: {', '.join(close)}?)" if close else ""
             problems.append(f"unknown config key '{key}' in {source}{hint}")
     if problems:
-        raise ValueError("; ".join(problems) + ". See the config reference in README.md.")
+        raise ValueError("; ".join(problems) + ". --help lists every key (README.md: Configuration reference).")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -221,12 +245,135 @@ SECTIONS = {
 }
 
 
+# The title of each part of README's configuration reference (and of --help's key listing).
+SECTION_TITLES = {
+    "shared": "**shared** (`sete_lite.config.SharedConfig`: train, score, eval)",
+    "model": "**model** (`sete_lite.model.ModelConfig`)",
+    "data": "**data** (`sete_lite.data.DataConfig`)",
+    "score": "**semantic-entropy scoring** (`sete_lite.score.ScoreConfig`)",
+    "curriculum": "**curriculum** (`sete_lite.curriculum.CurriculumConfig`)",
+    "run": "**run** (`sete_lite.train.RunConfig`)",
+    "eval": "**evaluation** (`sete_lite.eval.EvalConfig`)",
+    "loss": "**loss** (`sete_lite.loss.LossConfig`, inherited by `SENTConfig`; [docs/method.md](docs/method.md#loss))",
+    "train": "**training** (`sete_lite.trainer.SENTConfig` = TRL's `GRPOConfig` + the loss keys)",
+}
+REFERENCE_START = "<!-- configuration reference: written by `python -m sete_lite.config`, do not edit -->"
+REFERENCE_END = "<!-- end of the configuration reference -->"
+
+
 def section_class(section: str) -> type:
     """The config class that declares a section's keys."""
     import importlib
 
     module, _, name = SECTIONS[section].partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def declared_here(cls: type) -> list[dataclasses.Field]:
+    """The fields a class declares itself, in order (not those it inherits)."""
+    own = set(inspect.get_annotations(cls))
+    return [f for f in dataclasses.fields(cls) if f.name in own]
+
+
+def reference_sections() -> list[tuple[str, list[dataclasses.Field]]]:
+    """(title, the keys sete_lite declares) per part of the configuration, in the order train reads them;
+    SENTConfig's keys come as its LossConfig base's, then its own (TRL documents the rest)."""
+    from sete_lite.loss import LossConfig
+
+    parts = []
+    for section in SECTIONS:
+        cls = section_class(section)
+        if section == "train":
+            parts.append((SECTION_TITLES["loss"], declared_here(LossConfig)))
+        parts.append((SECTION_TITLES[section], declared_here(cls)))
+    return parts
+
+
+def shown_default(item: dataclasses.Field) -> str:
+    """How the configuration reference writes a key's default."""
+    if "shown" in item.metadata:
+        return item.metadata["shown"]
+    value = item.default_factory() if item.default is dataclasses.MISSING else item.default
+    return f"`{json.dumps(value) if not isinstance(value, str) else value}`".replace('"', "")
+
+
+def reference_markdown() -> str:
+    """README's configuration reference: every key sete_lite declares, its default and meaning, from the
+    config classes' own field metadata (so README and --help cannot drift apart)."""
+    lines = [REFERENCE_START, "", "| key | default | meaning |", "|---|---|---|"]
+    for title, items in reference_sections():
+        lines.append(f"| {title} | | |")
+        lines += [f"| `{f.name}` | {shown_default(f)} | {f.metadata['help']} |" for f in items]
+    return "\n".join([*lines, "", REFERENCE_END]) + "\n"
+
+
+def describe_keys(sections: typing.Sequence[str]) -> str:
+    """--help's listing: each key of these sections with its default and meaning, TRL's too."""
+    from trl import GRPOConfig
+
+    lines = ["config keys (in a --config file, as --key value, or --set key=value):"]
+    ours: set[str] = set()
+    for title, items in reference_sections():
+        section = next(name for name, text in SECTION_TITLES.items() if text == title)
+        if section not in sections and not (section == "loss" and "train" in sections):
+            continue
+        lines.append("\n" + title.replace("**", "").replace("`", ""))
+        for item in items:
+            ours.add(item.name)
+            meaning = item.metadata["help"].replace("`", "")
+            lines.append(f"  --{item.name} (default {shown_default(item).replace('`', '')}): {meaning}")
+    if "train" in sections:
+        lines.append("\nTRL's GRPOConfig and transformers' TrainingArguments, with their meaning:")
+        for item in dataclasses.fields(GRPOConfig):
+            if item.name in ours or item.name.startswith("_") or not item.init:
+                continue
+            meaning = " ".join(str(item.metadata.get("help", "")).split())
+            meaning = meaning.split(". ")[0][:150]
+            default = item.default if item.default is not dataclasses.MISSING else "(computed)"
+            lines.append(f"  --{item.name} (default {default}): {meaning}")
+    return "\n".join(lines)
+
+
+class KeysHelp(argparse.Action):
+    """-h/--help: the command's usage, then every config key it reads (imported only when asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str, sections: typing.Sequence[str] = (), **kwargs: Any):
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show this help, every config key"
+        )
+        self.sections = sections
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        print("\n" + describe_keys(self.sections))
+        parser.exit()
+
+
+def key_flags(tokens: typing.Sequence[str], valid: typing.Sequence[str]) -> list[str]:
+    """TRL-style flags for config keys, as `key=value` overrides: `--key value`, `--key=value`, several
+    values for a list key (`--eval_k 1 8`), a bare `--flag` for a boolean (true); dashes or underscores.
+    An unknown flag is an error naming the closest keys."""
+    overrides: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or token == "--":
+            raise ValueError(f"unexpected argument '{token}': config keys are given as --key value")
+        name, _, inline = token[2:].partition("=")
+        key = name.replace("-", "_")
+        check_known_keys([key], valid, "the command line")
+        values = [inline] if inline else []
+        i += 1
+        while not inline and i < len(tokens) and not tokens[i].startswith("--"):
+            values.append(tokens[i])
+            i += 1
+        if not values:
+            overrides.append(f"{key}=true")
+        elif len(values) == 1:
+            overrides.append(f"{key}={values[0]}")
+        else:
+            overrides.append(f"{key}=[{', '.join(values)}]")
+    return overrides
 
 
 def training_keys() -> list[str]:
@@ -327,3 +474,7 @@ def parse_config(
     check_known_keys((parse_override(text)[0] for text in overrides), valid, "--set")
     values = read_values(path, overrides, defaults)
     return tuple(build(cls, values) for cls in dataclass_types)
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

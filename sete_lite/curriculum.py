@@ -25,15 +25,17 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from sete_lite.config import setting
+
 
 @dataclass
 class CurriculumConfig:
     """Whether and how to train stage by stage (with it, epochs_per_stage replaces num_train_epochs)."""
 
-    curriculum: bool = True  # false: TRL's shuffled sampler over all prompts, num_train_epochs epochs
-    num_stages: int = 2
-    epochs_per_stage: int = 5
-    shuffle_within_stage: bool = True  # false keeps strict ascending-SE order
+    curriculum: bool = setting(True, "train stage by stage by SE (false: TRL's shuffled sampler, `num_train_epochs`)")
+    num_stages: int = setting(2, "curriculum stages of equal size")
+    epochs_per_stage: int = setting(5, "epochs over each stage (replaces `num_train_epochs`)")
+    shuffle_within_stage: bool = setting(True, "false keeps strict ascending-SE order")
 
     def __post_init__(self) -> None:
         if self.num_stages < 1 or self.epochs_per_stage < 1:

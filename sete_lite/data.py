@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sete_lite.builtins import check_hub_name, resolve_builtin
+from sete_lite.config import setting
 from sete_lite.semantic import extract_answer, parses_as_math
 
 # The paper's evaluation prompt (docs/method.md, section 5), also used for training and SE scoring.
@@ -38,20 +39,30 @@ DAPO_WRAPPER = re.compile(
 class DataConfig:
     """Which dataset, which columns, and how a question becomes a prompt."""
 
-    dataset_name_or_path: str = "builtin:arith-train"  # or a hub dataset, or a local jsonl / json / parquet
-    dataset_config: str | None = None  # hub datasets with several configs (GSM8K: "main")
-    dataset_split: str = "train"
-    question_column: str = "question"
-    answer_column: str = "answer"
-    id_column: str | None = "id"  # None: the row number is the id
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
-    max_prompts: int | None = None  # the first N rows only (quick runs)
+    dataset_name_or_path: str = setting(
+        "builtin:arith-train", "hub dataset, local jsonl / json / parquet, or `builtin:NAME`"
+    )
+    dataset_config: str | None = setting(None, "hub dataset config (GSM8K: `main`, DAPO processed: `en`)")
+    dataset_split: str = setting("train", "split to train on")
+    question_column: str = setting("question", "question column (dotted for nested fields; a chat list works)")
+    answer_column: str = setting("answer", "gold answer column (`#### x` and `\\boxed{x}` reduced to `x`)")
+    id_column: str | None = setting("id", "unique id column; `null` uses the row number")
+    prompt_template: str = setting(
+        DEFAULT_PROMPT_TEMPLATE,
+        '`{question}` + "Please reason step by step, and put your final answer within \\boxed{}."',
+        shown="the paper's",
+    )
+    max_prompts: int | None = setting(None, "keep only the first N prompts")
     # A row without a usable question or gold answer (null, empty, missing, not parseable as math) is
     # refused, naming the rows; true drops such rows instead and says how many.
-    drop_invalid_rows: bool = False
-    question_format: str = "plain"  # "plain" | "dapo" (strip DAPO-Math-17k's instruction wrapper)
-    use_chat_template: bool = False  # wrap prompts in the tokenizer's chat template (instruct models)
-    system_prompt: str | None = None  # with use_chat_template: an optional system message
+    drop_invalid_rows: bool = setting(
+        False,
+        "a row without a usable question or gold answer (null, empty, missing, not parseable as math) is refused, "
+        "naming the rows; `true` drops such rows and says how many",
+    )
+    question_format: str = setting("plain", "`dapo` strips DAPO-Math-17k's own answer instructions")
+    use_chat_template: bool = setting(False, "wrap prompts in the tokenizer's chat template")
+    system_prompt: str | None = setting(None, "system message when `use_chat_template`")
 
     def __post_init__(self) -> None:
         if self.question_format not in QUESTION_FORMATS:

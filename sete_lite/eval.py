@@ -31,7 +31,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from sete_lite.atomic import check_writable_dir, write_jsonl, write_text
 from sete_lite.builtins import resolve_builtin
-from sete_lite.config import stop_if_interrupted
+from sete_lite.config import setting, stop_if_interrupted
 from sete_lite.data import DEFAULT_PROMPT_TEMPLATE, LOCAL_FORMATS, DataConfig, apply_chat_template, load_records
 from sete_lite.outdir import claim
 from sete_lite.rollout import RolloutEngine, SamplingConfig, check_context, context_limit
@@ -86,22 +86,27 @@ class EvalConfig:
     """The evaluation. Keys carry an `eval_` prefix so that a training config can hold them too
     (seed, rollout_engine and answer_timeout_s: SharedConfig)."""
 
-    eval_benchmarks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))  # names or local files
-    eval_num_samples: int = 16  # n samples per problem
-    eval_k: list[int] = field(default_factory=lambda: [1, 8, 16])  # Pass@k for each k (k <= n)
-    eval_temperature: float = 1.0
-    eval_top_p: float = 0.9
-    eval_max_tokens: int = 4096
-    eval_batch_size: int = 8  # problems per generate call (each expands to n samples)
-    eval_max_problems: int | None = None  # the first N problems of each benchmark (quick runs)
-    eval_question_column: str = "question"  # local files only
-    eval_answer_column: str = "answer"  # local files only
-    eval_prompt_template: str = DEFAULT_PROMPT_TEMPLATE
-    eval_use_chat_template: bool = False  # wrap prompts in the tokenizer's chat template (instruct models)
-    eval_system_prompt: str | None = None
-    eval_output_dir: str = "runs/eval"
-    eval_save_texts: bool = True  # each sample's text in samples.jsonl (~30 KB a sample at 8k tokens)
-    eval_drop_invalid_rows: bool = False  # drop problems without a usable gold answer instead of refusing
+    eval_benchmarks: list[str] = setting(
+        PAPER_BENCHMARKS,
+        "names (`AIME24`, `AIME25`, `AMC23`, `MATH500`, `OlympiadBench`, `Minerva`, `GSM8K`), local files or "
+        "`builtin:NAME`",
+        shown="the paper's six",
+    )
+    eval_num_samples: int = setting(16, "n samples per problem")
+    eval_k: list[int] = setting([1, 8, 16], "the k of Pass@k (k <= n)", shown="`[1, 8, 16]`")
+    eval_temperature: float = setting(1.0, "evaluation sampling temperature (the paper's)")
+    eval_top_p: float = setting(0.9, "evaluation top-p (the paper's)")
+    eval_max_tokens: int = setting(4096, "evaluation response length cap")
+    eval_batch_size: int = setting(8, "problems per generation call")
+    eval_max_problems: int | None = setting(None, "the first N problems of each benchmark")
+    eval_question_column: str = setting("question", "question column of a local eval file")
+    eval_answer_column: str = setting("answer", "answer column of a local eval file")
+    eval_prompt_template: str = setting(DEFAULT_PROMPT_TEMPLATE, "evaluation prompt", shown="the paper's")
+    eval_use_chat_template: bool = setting(False, "wrap evaluation prompts in the chat template")
+    eval_system_prompt: str | None = setting(None, "system message with `eval_use_chat_template`")
+    eval_output_dir: str = setting("runs/eval", "output of `python -m sete_lite.eval`")
+    eval_save_texts: bool = setting(True, "keep each sample's text in `samples.jsonl`")
+    eval_drop_invalid_rows: bool = setting(False, "like `drop_invalid_rows`, for the evaluation's problems")
 
     def __post_init__(self) -> None:
         if isinstance(self.eval_benchmarks, str):
@@ -436,9 +441,16 @@ def config_classes() -> list[type]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from sete_lite.config import KeysHelp, key_flags, training_keys
+
     parser = argparse.ArgumentParser(
-        prog="python -m sete_lite.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m sete_lite.eval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+        allow_abbrev=False,
     )
+    parser.add_argument("-h", "--help", action=KeysHelp, sections=("shared", "model", "eval"))
     parser.add_argument("--config", type=Path, help="flat YAML config (model keys and eval_ keys)")
     parser.add_argument("--model", help="base model: hub name, local directory or builtin:arith-qwen2")
     parser.add_argument("--adapter", help="LoRA adapter directory (default: none, the base model)")
@@ -456,7 +468,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-problems", type=int, help="the first N problems of each benchmark")
     parser.add_argument("--output-dir", help="where results.json, results.md and samples.jsonl go")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    return parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    args.set += key_flags(rest, training_keys())
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

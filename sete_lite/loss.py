@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sete_lite.config import setting
+
 # Concatenates a 1-D tensor across processes in process order; returns (the whole tensor, where this
 # process's part starts). One process: the tensor itself at offset 0.
 Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
@@ -67,30 +69,50 @@ class LossConfig:
     own default (MODE_DEFAULTS, else DEFAULTS).
     """
 
-    mode: str = "sent"
+    mode: str = setting("sent", "the loss, see the table above")
     # TRL's GRPOConfig keys, with TRL's meaning (beta, entropy_coef, top_entropy_quantile: see above).
-    loss_type: str = "dapo"
-    epsilon: float = 0.2
-    epsilon_high: float | None = None  # None = epsilon
-    beta: float | None = None
-    entropy_coef: float | None = None
-    top_entropy_quantile: float | None = None
-    kl_estimator: str = "k3"
+    loss_type: str = setting(
+        "dapo",
+        "TRL's reduction of per-token losses: `grpo` (per-sequence mean, then mean), `bnpo` (mean over the "
+        "micro-batch's tokens), `dapo` (over the accumulated batch's tokens), `dr_grpo` (sum / (sequences x "
+        "`max_completion_length`)); TRL's other types are refused",
+        shown="`dapo` (TRL's)",
+    )
+    epsilon: float = setting(0.2, "PPO clip range, low side", shown="`0.2` (TRL's)")
+    epsilon_high: float | None = setting(None, "PPO clip range, high side (null: `epsilon`)", shown="`null` (TRL's)")
+    beta: float | None = setting(
+        None, "TRL's uniform KL to the reference on every token: 0.001 for `sent_code`, else 0 (TRL's)", shown="mode's"
+    )
+    entropy_coef: float | None = setting(
+        None,
+        "TRL's entropy bonus, minus coef x mean entropy: 0.001 for `entropy_bonus`, else 0 (TRL's)",
+        shown="mode's",
+    )
+    top_entropy_quantile: float | None = setting(
+        None,
+        "TRL's: the policy term on the top-q tokens by entropy only: 0.2 for `high_entropy_mask`, else 1.0 (TRL's)",
+        shown="mode's",
+    )
+    kl_estimator: str = setting("k3", "`k1`, `k2` or `k3` for KL to the reference")
     # sent: T_low = the lowest-entropy low_entropy_quantile of tokens; T_hc = the top
     # high_cov_ratio of T_low by covariance. The paper leaves kappa, beta_low, beta_high open: these are
     # provisional values, kept after the sweeps on the built-in tasks (docs/method.md#defaults). rho = 0.8
     # assumes about a fifth of the tokens are forks; where fewer are, the KL never reaches them (raise it).
-    low_entropy_quantile: float = 0.8
-    high_cov_ratio: float = 0.002
-    beta_low: float = 0.01
-    beta_high: float = 0.04
+    low_entropy_quantile: float = setting(
+        0.8,
+        "rho: T_low = the lowest-entropy rho of tokens; keep 1 - rho below the share of forking tokens, or the KL "
+        "never reaches them (sums task: 0.95)",
+    )
+    high_cov_ratio: float = setting(0.002, "kappa: T_hc = the top kappa of T_low by covariance (provisional)")
+    beta_low: float = setting(0.01, "KL weight on T_low \\ T_hc (provisional)")
+    beta_high: float = setting(0.04, "KL weight on T_hc (provisional)")
     # kl_cov and sent_code
-    kl_cov_ratio: float | None = None
-    ppo_kl_coef: float | None = None
+    kl_cov_ratio: float | None = setting(None, "kl_cov: 0.002, sent_code: 0.0002", shown="mode's")
+    ppo_kl_coef: float | None = setting(None, "kl_cov: 1.0, sent_code: 0.1", shown="mode's")
     # clip_cov
-    clip_cov_ratio: float = 0.0002
-    clip_cov_lb: float = 1.0
-    clip_cov_ub: float = 5.0
+    clip_cov_ratio: float = setting(0.0002, "clip_cov: share of tokens detached")
+    clip_cov_lb: float = setting(1.0, "clip_cov: covariance band lower bound")
+    clip_cov_ub: float = setting(5.0, "clip_cov: covariance band upper bound")
 
     def __post_init__(self) -> None:
         self.resolve_loss_defaults()

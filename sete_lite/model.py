@@ -19,13 +19,14 @@ import dataclasses
 import importlib.util
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sete_lite.builtins import check_hub_name, resolve_builtin
+from sete_lite.config import setting
 
 BACKENDS = ("auto", "unsloth", "transformers")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -38,22 +39,36 @@ GPU_EXTRA = "pip install 'sete_lite[gpu]' (unsloth, unsloth_zoo, vllm)"
 class ModelConfig:
     """Which model to load, how (backend, quantisation) and its LoRA adapters."""
 
-    model_name_or_path: str = "Qwen/Qwen2.5-1.5B-Instruct"
-    backend: str = "auto"  # "auto" | "unsloth" | "transformers"
-    load_in_4bit: bool = True  # NF4 through bitsandbytes (GPU; CPU works too, slowly)
-    dtype: str = "auto"  # "auto" (bfloat16 on a GPU that supports it, else float32) or a DTYPES key
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model_name_or_path: str = setting(
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        "hub name, local directory, a `.gguf` file (converted once into a cached checkpoint), or `builtin:NAME` (a "
+        "model an installed package ships, e.g. `builtin:smollm2-135m-instruct`)",
     )
-    adapter_path: str | None = None  # resume: a directory written by model.save_pretrained
-    max_seq_length: int = 2048
-    fast_inference: bool = True  # unsloth: start vLLM on the shared weights
-    gpu_memory_utilization: float = 0.6  # unsloth/vLLM: fraction of GPU memory vLLM may take
-    vllm_standby: bool = False  # unsloth: UNSLOTH_VLLM_STANDBY=1, KV cache freed during training
-    trust_remote_code: bool = False
+    backend: str = setting(
+        "auto",
+        "`unsloth` (GPU; on CPU with `fast_inference: false`), `transformers`, or `auto` (unsloth when a GPU and the "
+        "package exist)",
+    )
+    load_in_4bit: bool = setting(True, "NF4 base weights through bitsandbytes")
+    dtype: str = setting("auto", "compute dtype: bfloat16 on a GPU that has it, else float32")
+    lora_r: int = setting(16, "LoRA rank")
+    lora_alpha: int = setting(32, "LoRA scaling numerator")
+    lora_dropout: float = setting(0.0, "LoRA dropout")
+    lora_target_modules: list[str] = setting(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "modules that get adapters",
+        shown="all attention and MLP projections",
+    )
+    adapter_path: str | None = setting(None, "start from a saved adapter directory")
+    max_seq_length: int = setting(
+        2048,
+        "context length (prompt + completion) on every backend (Unsloth's and vLLM's too); a longer prompt + "
+        "completion (or one past the model's own context) is refused at start",
+    )
+    fast_inference: bool = setting(True, "Unsloth: build vLLM on the training weights (GPU only)")
+    gpu_memory_utilization: float = setting(0.6, "share of GPU memory vLLM may take (exact, also with standby)")
+    vllm_standby: bool = setting(False, "Unsloth standby: free vLLM's KV cache while training")
+    trust_remote_code: bool = setting(False, "passed to `from_pretrained`", shown="`false` (TRL's)")
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

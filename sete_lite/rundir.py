@@ -211,6 +211,23 @@ class RunRecorder(TrainerCallback):
         self.processes = processes
         self.on_stage_end = on_stage_end  # e.g. a held-out evaluation
         self.trainer = None  # set once the trainer exists: stage boundaries come from its sampler
+        self.pending_logs: list[dict[str, float]] = []  # evaluations made before the trainer's trackers start
+
+    def log_evaluation(self, results: dict[str, Any]) -> None:
+        """A held-out evaluation's scores into metrics.jsonl and every report_to tracker, as
+        `eval_<benchmark>/avg` and `eval_<benchmark>/pass@k` (trackers show them under eval/). Past the
+        trainer's own log, so TRL's accumulated step metrics are left alone."""
+        logs = evaluation_logs(results)
+        if self.trainer is None or not self.trainer.is_in_train:
+            self.pending_logs.append(logs)  # the base policy's: logged when training starts, at step 0
+            return
+        trainer = self.trainer
+        trainer.control = trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for logs in self.pending_logs:
+            self.trainer.callback_handler.on_log(args, state, control, logs)
+        self.pending_logs.clear()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # Every step's log, also those without rewards (the later optimizer steps on one rollout batch
@@ -240,6 +257,16 @@ class RunRecorder(TrainerCallback):
             save_adapter_atomically(model, self.run_dir.stage_adapter(stage), self.base_model)
             if self.on_stage_end is not None:
                 self.on_stage_end(stage)
+
+
+def evaluation_logs(results: dict[str, Any]) -> dict[str, float]:
+    """Scalars of a held-out evaluation (sete_lite.eval.evaluate's results), by transformers' eval_ naming."""
+    parts = {**results["benchmarks"], "average": results["average"]}
+    logs = {}
+    for label, scores in parts.items():
+        logs[f"eval_{label}/avg"] = scores["avg"]
+        logs.update({f"eval_{label}/pass@{k}": value for k, value in scores["pass@k"].items()})
+    return logs
 
 
 def check_checkpoint_curriculum(checkpoint: Path, sampler: Any) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from sete_lite.atomic import append_jsonl, cut_torn_tail, read_jsonl, write_jsonl, write_text
-from sete_lite.config import stop_if_interrupted
+from sete_lite.config import setting, stop_if_interrupted
 from sete_lite.curriculum import stage_indices
 from sete_lite.distributed import ONE_PROCESS, Processes, launched_processes
 from sete_lite.outdir import claim, mark
@@ -52,13 +52,15 @@ class ScoreConfig:
     """The SE scoring pass. Its sampling keys carry an `se_` prefix so that a combined training config
     can sample SE and rollouts differently (seed, rollout_engine and answer_timeout_s: SharedConfig)."""
 
-    se_num_samples: int = 8  # M responses per prompt
-    se_temperature: float = 1.0
-    se_top_p: float = 1.0
-    se_max_tokens: int = 1024
-    se_batch_size: int = 8  # prompts per generate call, and per append to the cache
-    se_scores_dir: str = "runs/se_scores"
-    se_estimator: str = "likelihood"  # which SE orders the curriculum: "likelihood" (paper) | "discrete"
+    se_num_samples: int = setting(8, "M, responses per prompt for semantic entropy")
+    se_temperature: float = setting(1.0, "SE sampling temperature")
+    se_top_p: float = setting(1.0, "SE sampling top-p")
+    se_max_tokens: int = setting(1024, "SE response length cap")
+    se_batch_size: int = setting(8, "prompts per generation call / cache append")
+    se_scores_dir: str = setting(
+        "runs/se_scores", "cache directory of `python -m sete_lite.score` (training uses `D/se_scores`)"
+    )
+    se_estimator: str = setting("likelihood", "which SE orders the curriculum: `likelihood` (paper) or `discrete`")
 
     def __post_init__(self) -> None:
         if self.se_num_samples < 2:
@@ -344,14 +346,19 @@ def config_classes() -> list[type]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     from sete_lite.atomic import check_writable_dir
-    from sete_lite.config import parse_config, read_values, refuse_repeated_keys, training_keys
+    from sete_lite.config import KeysHelp, key_flags, parse_config, read_values, refuse_repeated_keys, training_keys
     from sete_lite.data import load_records
     from sete_lite.model import import_unsloth_first
     from sete_lite.rollout import check_engine_possible
 
     parser = argparse.ArgumentParser(
-        prog="python -m sete_lite.score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m sete_lite.score",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+        allow_abbrev=False,
     )
+    parser.add_argument("-h", "--help", action=KeysHelp, sections=("shared", "model", "data", "score", "curriculum"))
     parser.add_argument(
         "--config",
         default="builtin:arith-cpu",
@@ -359,7 +366,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "(default: builtin:arith-cpu, the built-in task)",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    args.set += key_flags(rest, training_keys())
     refuse_repeated_keys(args.set)
     import_unsloth_first(read_values(args.config, args.set))
     shared, model_cfg, data_cfg, cfg, curriculum = parse_config(

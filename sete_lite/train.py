@@ -18,11 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sete_lite.config import parse_config, read_values, refuse_repeated_keys, run_cli, section_class
+from sete_lite.config import (
+    SECTIONS,
+    KeysHelp,
+    key_flags,
+    parse_config,
+    read_values,
+    refuse_repeated_keys,
+    run_cli,
+    section_class,
+    setting,
+    training_keys,
+)
 from sete_lite.model import import_unsloth_first
 
 # The built-in arithmetic task on CPU (sete_lite/arith/tiny_cpu.yaml), found by name: see sete_lite.builtins.
@@ -33,10 +44,14 @@ DEFAULT_CONFIG = "builtin:arith-cpu"
 class RunConfig:
     """What a training run optimises and evaluates; the rest lives in the other config classes."""
 
-    reward_funcs: list[str] = field(default_factory=lambda: ["accuracy", "format"])
+    reward_funcs: list[str] = setting(
+        ["accuracy", "format"], "registry names or import paths `pkg.module:function`", shown="`[accuracy, format]`"
+    )
     # Held-out evaluation (the eval_* keys of sete_lite.eval.EvalConfig say on what and how).
-    eval_before_training: bool = False  # the base policy, in D/eval/before
-    eval_at_stage_end: bool = False  # after each curriculum stage, in D/eval/stage-K
+    eval_before_training: bool = setting(
+        False, "evaluate the base policy on the `eval_benchmarks` into `D/eval/before`"
+    )
+    eval_at_stage_end: bool = setting(False, "evaluate after each curriculum stage into `D/eval/stage-K`")
 
 
 class TrainConfigs(NamedTuple):
@@ -64,11 +79,16 @@ def parse_train_config(path: str | Path | None, overrides: list[str]) -> TrainCo
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; every config key is also a flag (`--learning_rate 1e-4`, `--output_dir D`), as in
+    TRL's scripts, collected into `args.set` after the explicit `--set key=value` overrides."""
     parser = argparse.ArgumentParser(
         prog="python -m sete_lite.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+        allow_abbrev=False,
     )
+    parser.add_argument("-h", "--help", action=KeysHelp, sections=tuple(SECTIONS))
     parser.add_argument("--config", default=None, help=f"YAML config file or builtin:NAME (default: {DEFAULT_CONFIG})")
     parser.add_argument("--output-dir", type=Path, default=None, help="run directory (default: the config's)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run dir")
@@ -78,7 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --resume: continue even where settings differ from the run's recorded config.json",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    return parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    args.set += key_flags(rest, training_keys())
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -220,6 +242,8 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
     heldout_prompts = [r["prompt"] for rows in heldout.values() for r in rows]
     check_context(tokenizer, heldout_prompts, eval_cfg.eval_max_tokens, limit, "eval_max_tokens")
 
+    recorder = RunRecorder(run_dir, model_cfg.model_name_or_path, processes)
+
     def evaluate_as(name: str, use_adapter: bool = True) -> None:
         results = evaluate_and_write(
             engine,
@@ -233,6 +257,7 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
             progress=False,
         )
         print(f"held-out evaluation '{name}':\n{format_table(results, eval_cfg.eval_k, eval_cfg.eval_num_samples)}")
+        recorder.log_evaluation(results)
 
     if run_cfg.eval_before_training and checkpoint is None:
         if processes.is_main:
@@ -274,7 +299,7 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
         curriculum_stages=stages,
         curriculum=curriculum,
         callbacks=[
-            recorder := RunRecorder(run_dir, model_cfg.model_name_or_path, processes),
+            recorder,
             *(
                 [RewardEntropyBar(), ZeroRewardWarning(zero_reward_cause(shared.answer_extraction))]
                 if processes.is_main
@@ -374,6 +399,30 @@ def check_settings(configs: TrainConfigs) -> None:
     from sete_lite.rollout import check_engine_possible
 
     check_engine_possible(configs.shared.rollout_engine, configs.model)
+    check_trackers(configs.train.report_to)
+
+
+# The package each report_to tracker needs (transformers' integrations).
+TRACKER_PACKAGES = {
+    "tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow",
+    "comet_ml": "comet_ml", "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive",
+    "swanlab": "swanlab", "codecarbon": "codecarbon", "dagshub": "dagshub", "azure_ml": "azureml-core",
+}  # fmt: skip
+
+
+def check_trackers(report_to: Any) -> None:
+    """A report_to tracker that is not installed fails now, naming its package, not after the SE pass."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    available = set(get_available_reporting_integrations())
+    missing = [name for name in names if name in TRACKER_PACKAGES and name not in available]
+    if missing:
+        packages = " ".join(TRACKER_PACKAGES[name] for name in missing)
+        raise ValueError(
+            f"report_to {missing}: not installed here; pip install 'sete_lite[track]' (tensorboard, wandb, trackio) "
+            f"or pip install {packages}; or report_to: none"
+        )
 
 
 # ----------------------------------------------------------------------------------------------

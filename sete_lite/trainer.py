@@ -39,6 +39,7 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
+from sete_lite.config import setting
 from sete_lite.curriculum import CurriculumConfig, CurriculumSampler
 from sete_lite.logprobs import completion_logprobs
 from sete_lite.loss import LossConfig, one_process, policy_loss
@@ -58,16 +59,28 @@ class SENTConfig(LossConfig, GRPOConfig):
     LossConfig) and vllm_importance_sampling_correction (below).
     """
 
-    logprob_chunk_size: int | None = None  # tokens per log-prob chunk; None: about 128 MB of logits
+    logprob_chunk_size: int | None = setting(None, "tokens per log-prob chunk; null = about 128 MB of float32 logits")
     # TRL's default (True) recomputes old log-probs with a full no-grad pass per generation batch
     # whenever use_vllm is on, which Unsloth forces with fast_inference: with one optimizer step per
     # batch they equal the current ones. The sampling/recompute gap is logged as sampling/logp_gap_mean.
-    vllm_importance_sampling_correction: bool = False
+    vllm_importance_sampling_correction: bool = setting(
+        False,
+        "TRL's extra old-log-prob pass whenever `use_vllm` is on: off (see the GPU section)",
+        shown="`false` (TRL: true)",
+    )
     # Each prompt's rollouts from their own stream seeded by (seed, step, prompt): the same rollouts
     # with any number of processes or batch size (slower with transformers generate, free with vLLM).
-    seed_rollouts_per_prompt: bool = False
+    seed_rollouts_per_prompt: bool = setting(
+        False,
+        "each prompt's rollouts from their own stream seeded by (seed, step, prompt): the same rollouts with any "
+        "number of processes or batch size (slower with transformers generate; see Several GPUs)",
+    )
     # LoRA trains every adapter weight in every forward: DDP need not search for unused ones.
-    ddp_find_unused_parameters: bool | None = False
+    ddp_find_unused_parameters: bool | None = setting(
+        False,
+        "several processes: every LoRA weight trains in every forward, so DDP skips the search for unused ones",
+        shown="`false` (transformers: true for a PEFT model)",
+    )
 
     def __post_init__(self) -> None:
         self.resolve_loss_defaults()  # the loss keys first: TRL reads beta and friends

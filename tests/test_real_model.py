@@ -350,3 +350,23 @@ def test_merged_export_of_the_real_run_reloads_to_the_trained_policy(real_run, t
     # ... and the merged model is that policy, up to float32 rounding of W + s BA against W x + s B(A x)
     # through 30 layers (measured: 1.2e-4, against an adapter effect of 1.1 on the logits).
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_score_and_eval_take_the_builtin_and_the_gguf_file(real_run, tmp_path):
+    """The score command on builtin:smollm2-135m-instruct, the eval command on the .gguf file itself
+    with the run's adapter: both load the one cached conversion."""
+    from sete_lite import eval as eval_cli
+    from sete_lite import score
+
+    score_args = ["--config", "builtin:smollm2-cpu", "--set", "max_prompts=2", "--set", "se_num_samples=2"]
+    rows = score.main([*score_args, "--set", "se_max_tokens=8", "--set", f"se_scores_dir={tmp_path / 'scores'}"])
+    assert [len(row["answers"]) for row in rows] == [2, 2]
+    # The adapter records builtin:smollm2-135m-instruct; its file is the same model, so no --allow-other-base.
+    gguf_file = gguf_cache.smollm2_135m_instruct()
+    eval_args = ["--config", "builtin:smollm2-cpu", "--model", str(gguf_file), "--adapter", str(real_run / "adapter")]
+    eval_args += ["--n", "2", "--k", "1", "--max-problems", "2", "--output-dir", str(tmp_path / "eval")]
+    results = eval_cli.main([*eval_args, "--set", "eval_max_tokens=8"])
+    assert results["benchmarks"]["words_test"]["num_problems"] == 2
+    meta = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert meta["model"] == str(gguf_file) and meta["answer_extraction"] == "math_verify"

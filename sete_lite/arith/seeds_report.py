@@ -125,9 +125,7 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> Path:
             ax.plot([row["step"] for row in rows], [row[key] for row in rows], label=f"seed {result['seed']}")
         rows = results[0]["metrics"]
         switches = [
-            b["step"]
-            for a, b in itertools.pairwise(rows)
-            if a.get("curriculum/stage") != b.get("curriculum/stage")
+            b["step"] for a, b in itertools.pairwise(rows) if a.get("curriculum/stage") != b.get("curriculum/stage")
         ]
         for step in switches:
             ax.axvline(step - 0.5, color="grey", linestyle=":", linewidth=1)
