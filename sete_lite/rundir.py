@@ -1,8 +1,9 @@
 """The run directory: its layout (`RunDir`, the one place that names its files), and the callbacks
 that write it as training goes.
 
-- `metrics.jsonl` and `rollouts.jsonl`: one synced line per logged step / per generation batch;
-  a resumed run first drops the lines its killed predecessor wrote after the checkpoint.
+- `metrics.jsonl` and `rollouts.jsonl`: one synced line per logged step (and per held-out evaluation,
+  with `eval_<benchmark>/...` keys: `training_rows` leaves them out) / per generation batch; a resumed
+  run first drops the lines its killed predecessor wrote after the checkpoint.
 - `se_scores/`: the semantic-entropy cache, histogram and stage table.
 - `checkpoint-N/`: TRL/transformers checkpoints, each with the curriculum it walks and marked
   complete once fully written, so a half-written checkpoint is never resumed from.
@@ -221,8 +222,9 @@ class RunRecorder(TrainerCallback):
         if self.trainer is None or not self.trainer.is_in_train:
             self.pending_logs.append(logs)  # the base policy's: logged when training starts, at step 0
             return
-        trainer = self.trainer
-        trainer.control = trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs)
+        trainer, should_log = self.trainer, self.trainer.control.should_log
+        trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs)
+        trainer.control.should_log = should_log  # on_log clears it: the step's own log must still happen
 
     def on_train_begin(self, args, state, control, **kwargs):
         for logs in self.pending_logs:
@@ -257,6 +259,11 @@ class RunRecorder(TrainerCallback):
             save_adapter_atomically(model, self.run_dir.stage_adapter(stage), self.base_model)
             if self.on_stage_end is not None:
                 self.on_stage_end(stage)
+
+
+def training_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl that log training steps, not held-out evaluations (`eval_...` keys)."""
+    return [row for row in rows if not any(key.startswith("eval_") for key in row)]
 
 
 def evaluation_logs(results: dict[str, Any]) -> dict[str, float]:

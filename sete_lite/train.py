@@ -446,8 +446,9 @@ def summarize(run_dir: Any, seconds: float) -> dict[str, Any]:
     harder stage's prompts earn less reward while the policy gets better)."""
     from sete_lite.atomic import read_jsonl
     from sete_lite.plots import plot_training_curves
+    from sete_lite.rundir import training_rows
 
-    rows = read_jsonl(run_dir.metrics)
+    rows = training_rows(read_jsonl(run_dir.metrics))
     plots = plot_training_curves(rows, run_dir.plots)
     evaluations = {name: json.loads(path.read_text())["average"] for name, path in run_dir.evaluations()}
     summary = {

@@ -19,6 +19,7 @@ from test_score import ScriptedEngine, make_records, simple_script
 
 from sete_lite.atomic import read_jsonl
 from sete_lite.distributed import Processes, launcher_note, refuse_several_processes
+from sete_lite.rundir import training_rows
 from sete_lite.score import ScoreConfig, score_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,8 +196,8 @@ def test_each_step_trains_the_global_batch_of_the_one_process_run(runs) -> None:
     steps = read_jsonl(runs["two"] / "rollouts.jsonl")
     assert [row["step"] for row in steps] == list(range(1, 9))  # once each, not once per process
     assert steps == read_jsonl(runs["one"] / "rollouts.jsonl")  # the same prompts, in the same order
-    assert [row["step"] for row in read_jsonl(runs["two"] / "metrics.jsonl")] == list(range(1, 9))
-    one, two = read_jsonl(runs["one"] / "metrics.jsonl"), read_jsonl(runs["two"] / "metrics.jsonl")
+    one, two = (training_rows(read_jsonl(runs[name] / "metrics.jsonl")) for name in ("one", "two"))
+    assert [row["step"] for row in two] == list(range(1, 9))
     assert [row["reward"] for row in two] == [row["reward"] for row in one]  # rewards of the whole batch
 
 
@@ -253,12 +254,12 @@ def test_a_killed_two_process_run_resumes(runs, tmp_path: Path) -> None:
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and both processes, as a machine crash
     process.wait()
-    assert 4 <= len(read_jsonl(killed / "metrics.jsonl")) < 8
+    assert 4 <= len(training_rows(read_jsonl(killed / "metrics.jsonl"))) < 8
 
     resumed = subprocess.run(train_command(2, killed, "--resume"), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_jsonl(killed / "rollouts.jsonl") == read_jsonl(runs["two"] / "rollouts.jsonl")
-    assert [row["step"] for row in read_jsonl(killed / "metrics.jsonl")] == list(range(1, 9))
+    assert [row["step"] for row in training_rows(read_jsonl(killed / "metrics.jsonl"))] == list(range(1, 9))
     reference = adapter_weights(runs["two"])
     for key, value in adapter_weights(killed).items():
         torch.testing.assert_close(value, reference[key], rtol=1e-4, atol=1e-5)

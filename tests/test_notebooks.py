@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from sete_lite.atomic import read_jsonl
 from sete_lite.builtins import resolve_builtin
+from sete_lite.rundir import training_rows
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -84,7 +85,7 @@ def test_notebook_runs_end_to_end_in_smoke_mode(name: str, tmp_path: Path, monke
     assert "GGUF skipped" in printed
 
     # 8 prompts, 2 per step (8 completions of 4 per prompt), 2 stages of 1 epoch: 4 steps, the switch at step 3.
-    rows = read_jsonl(run / "metrics.jsonl")
+    rows = training_rows(read_jsonl(run / "metrics.jsonl"))
     prompts_per_step = SMOKE_CONFIG["per_device_train_batch_size"] // SMOKE_CONFIG["num_generations"]
     assert [row["step"] for row in rows] == list(range(1, SMOKE_CONFIG["max_prompts"] // prompts_per_step + 1))
     assert [row["curriculum/stage"] for row in rows] == [0, 0, 1, 1]

@@ -295,11 +295,11 @@ def test_an_adapter_trained_on_another_base_is_refused_by_train(finished_run, tm
 
 def test_the_summary_reports_rewards_per_stage(finished_run):
     from sete_lite.atomic import read_jsonl
-    from sete_lite.rundir import RunDir
+    from sete_lite.rundir import RunDir, training_rows
     from sete_lite.train import summarize
 
     _, run = finished_run
-    rows = read_jsonl(run / "metrics.jsonl")
+    rows = training_rows(read_jsonl(run / "metrics.jsonl"))
     summary = summarize(RunDir(run), 1.0)
     stage0 = [row["reward"] for row in rows if row.get("curriculum/stage") == 0]
     assert summary["reward_mean_by_stage"] == {"0": round(sum(stage0) / len(stage0), 4)}

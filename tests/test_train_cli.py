@@ -17,6 +17,7 @@ from support_configs import write_config
 
 from sete_lite.atomic import read_jsonl
 from sete_lite.model import ModelConfig, load_policy
+from sete_lite.rundir import training_rows
 from sete_lite.train import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,8 +69,11 @@ def test_end_to_end_two_stages(tmp_path, tiny_model_dir):
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, **evaluation)
     summary = main(["--config", str(config), "--output-dir", str(out)])
 
-    rows = read_jsonl(out / "metrics.jsonl")
+    logged = read_jsonl(out / "metrics.jsonl")
+    rows = training_rows(logged)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    # The held-out evaluations are logged too (and reach any report_to tracker): before, each stage end.
+    assert [row["step"] for row in logged if "eval_average/avg" in row] == [0, 2, 4]
     for key in REQUIRED_METRICS:
         assert all(key in row for row in rows), key
     assert [row["curriculum/stage"] for row in rows] == [0, 0, 1, 1]
@@ -144,12 +148,12 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, tiny_model_dir
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)  # mid stage 0 or early stage 1, between or inside steps
     process.wait()
-    steps_before = len(read_jsonl(killed / "metrics.jsonl"))
+    steps_before = len(training_rows(read_jsonl(killed / "metrics.jsonl")))
     assert 3 <= steps_before < 8
 
     subprocess.run([*command, "--output-dir", str(killed), "--resume"], env=env, check=True, capture_output=True)
     assert read_jsonl(killed / "rollouts.jsonl") == read_jsonl(straight / "rollouts.jsonl")
-    assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] == list(range(1, 9))
+    assert [r["step"] for r in training_rows(read_jsonl(killed / "metrics.jsonl"))] == list(range(1, 9))
     resumed = load_file(killed / "adapter" / "adapter_model.safetensors")
     reference = load_file(straight / "adapter" / "adapter_model.safetensors")
     for key in reference:

@@ -368,7 +368,7 @@ def run_one(
     With `trajectory_every`, the run keeps a checkpoint every that many steps and the held-out
     entropy trajectory is measured from them (heldout_trajectory)."""
     from sete_lite.atomic import read_jsonl
-    from sete_lite.rundir import RunDir
+    from sete_lite.rundir import RunDir, training_rows
     from sete_lite.train import main as train
 
     torch.set_num_threads(1)
@@ -391,7 +391,7 @@ def run_one(
         if trajectory_every:
             fresh, tokenizer = load_trained(settings, None, config)
             trajectory = heldout_trajectory(run_dir, fresh, tokenizer, seed, config)
-    rows = read_jsonl(layout.metrics)
+    rows = training_rows(read_jsonl(layout.metrics))
     result = {
         "method": name,
         "seed": seed,
