@@ -46,6 +46,12 @@ def setting(default: Any, help: str, *, shown: str | None = None) -> Any:
     return dataclasses.field(default=default, metadata=metadata)
 
 
+# The values of rollout_engine (besides "auto") and answer_extraction; the modules that implement them
+# import these, so that this module imports none of them.
+ROLLOUT_ENGINES = ("transformers", "vllm", "unsloth")
+ANSWER_EXTRACTIONS = ("boxed", "math_verify")
+
+
 @dataclass
 class SharedConfig:
     """Keys every command reads (train, score, eval)."""
@@ -69,12 +75,8 @@ class SharedConfig:
     num_threads: int | None = setting(None, "torch CPU threads (1 is fastest for tiny models on a busy CPU)")
 
     def __post_init__(self) -> None:
-        from sete_lite.rollout import ENGINES
-
-        if self.rollout_engine not in ("auto", *ENGINES):
-            raise ValueError(f"rollout_engine must be 'auto' or one of {ENGINES}, got '{self.rollout_engine}'")
-        from sete_lite.semantic import check_answer_extraction
-
+        if self.rollout_engine not in ("auto", *ROLLOUT_ENGINES):
+            raise ValueError(f"rollout_engine must be 'auto' or one of {ROLLOUT_ENGINES}, got '{self.rollout_engine}'")
         check_answer_extraction(self.answer_extraction)
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), as torch and numpy take it, got {self.seed}")
@@ -89,6 +91,11 @@ class SharedConfig:
             import torch
 
             torch.set_num_threads(self.num_threads)
+
+
+def check_answer_extraction(method: str) -> None:
+    if method not in ANSWER_EXTRACTIONS:
+        raise ValueError(f"answer_extraction must be one of {ANSWER_EXTRACTIONS}, got '{method}'")
 
 
 def field_names(*dataclass_types: type) -> list[str]:
@@ -277,14 +284,14 @@ def declared_here(cls: type) -> list[dataclasses.Field]:
 
 def reference_sections() -> list[tuple[str, list[dataclasses.Field]]]:
     """(title, the keys sete_lite declares) per part of the configuration, in the order train reads them;
-    SENTConfig's keys come as its LossConfig base's, then its own (TRL documents the rest)."""
-    from sete_lite.loss import LossConfig
-
+    SENTConfig's keys come as its LossConfig base's, then its own (TRL documents the rest). The base is
+    read off SENTConfig rather than imported, as sete_lite.loss imports this module."""
     parts = []
     for section in SECTIONS:
         cls = section_class(section)
         if section == "train":
-            parts.append((SECTION_TITLES["loss"], declared_here(LossConfig)))
+            loss_config = next(base for base in cls.__mro__ if base.__name__ == "LossConfig")
+            parts.append((SECTION_TITLES["loss"], declared_here(loss_config)))
         parts.append((SECTION_TITLES[section], declared_here(cls)))
     return parts
 
@@ -403,6 +410,15 @@ def _on_sigint(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _quiet_lost_interrupt(unraisable: Any) -> None:
+    """sys.unraisablehook: a Ctrl-C that landed in a garbage-collector callback is not lost (the flag
+    stops the run at its next safe point), so Python's "Exception ignored ... Traceback" is not printed."""
+    import sys
+
+    if not (INTERRUPT_REQUESTED and unraisable.exc_type is KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
 def stop_if_interrupted() -> None:
     """Raise KeyboardInterrupt when Ctrl-C was pressed (see INTERRUPT_REQUESTED); a long loop calls it
     at each step, batch or save."""
@@ -420,6 +436,7 @@ def run_cli(main: typing.Callable[[list[str]], Any], interrupted: str = "") -> N
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when Ctrl-C is ignored
         signal.signal(signal.SIGINT, _on_sigint)
+        sys.unraisablehook = _quiet_lost_interrupt
     try:
         main(sys.argv[1:])
     except KeyboardInterrupt:

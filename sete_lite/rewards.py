@@ -7,6 +7,8 @@ as a list aligned with the completions). Built in:
   math-equivalent to the gold answer (math-verify, each parse or comparison bounded by the run's
   answer_timeout_s).
 - format: 1.0 when the completion ends its reasoning with a complete `\\boxed{...}` answer.
+Each also answers to its function's name, as TRL's scripts and the logged metric
+(`rewards/accuracy_reward/mean`) call it: `accuracy_reward`, `format_reward`.
 Any other function is named by import path, `package.module:function` or `package.module.function`.
 """
 
@@ -74,7 +76,12 @@ def format_reward(prompts: list, completions: list, completion_ids: list | None 
     return [float(BOX_OPEN.search(t) is not None and extract_answer(t) is not None) for t in texts]
 
 
-REWARD_FUNCTIONS: dict[str, RewardFunction] = {"accuracy": accuracy_reward, "format": format_reward}
+REWARD_FUNCTIONS: dict[str, RewardFunction] = {
+    "accuracy": accuracy_reward,
+    "accuracy_reward": accuracy_reward,
+    "format": format_reward,
+    "format_reward": format_reward,
+}
 
 
 def import_function(path: str) -> RewardFunction:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from sete_lite.config import ROLLOUT_ENGINES
 from sete_lite.distributed import launched_processes
 
 if TYPE_CHECKING:
@@ -450,9 +451,6 @@ class VLLMEngine(_VLLMEngineBase):
         return LoRARequest(f"policy-{self._lora_id}", self._lora_id, str(path))
 
 
-ENGINES = ("transformers", "vllm", "unsloth")
-
-
 def context_limit(model: Any, engine: RolloutEngine, max_seq_length: int | None = None) -> int | None:
     """The most tokens (prompt + completion) this run handles: the configured `max_seq_length` (on every
     backend), the model's own context (max_position_embeddings), vLLM's max_model_len, and Unsloth's
@@ -527,7 +525,7 @@ def make_engine(
     if name == "unsloth":
         return UnslothVLLMEngine(model, tokenizer)
     if name != "vllm":
-        raise ValueError(f"rollout engine must be 'auto' or one of {ENGINES}, got '{name}'")
+        raise ValueError(f"rollout engine must be 'auto' or one of {ROLLOUT_ENGINES}, got '{name}'")
     if model_cfg is None:
         raise ValueError("rollout_engine 'vllm' is built from the model config: pass model_cfg")
     from sete_lite.model import resolve_model_path

@@ -245,6 +245,8 @@ class RunRecorder(TrainerCallback):
                 curriculum = self.trainer.curriculum_sampler.state_dict()
                 write_text(checkpoint / CHECKPOINT_CURRICULUM, json.dumps(curriculum) + "\n")
             write_text(checkpoint / CHECKPOINT_DONE, json.dumps({"step": state.global_step}))
+        if self.processes.is_main:
+            write_plots(self.run_dir)  # the curves so far, for a look at a long run before it ends
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.trainer is None or not self.processes.is_main:
@@ -259,6 +261,17 @@ class RunRecorder(TrainerCallback):
             save_adapter_atomically(model, self.run_dir.stage_adapter(stage), self.base_model)
             if self.on_stage_end is not None:
                 self.on_stage_end(stage)
+            write_plots(self.run_dir)
+
+
+def write_plots(run_dir: RunDir) -> list[Path]:
+    """The run's curves (sete_lite.plots) from metrics.jsonl and its held-out evaluations so far."""
+    from sete_lite.plots import plot_heldout, plot_training_curves
+
+    written = plot_training_curves(training_rows(read_jsonl(run_dir.metrics)), run_dir.plots)
+    evaluations = [(name, json.loads(path.read_text())) for name, path in run_dir.evaluations()]
+    heldout = plot_heldout(evaluations, run_dir.plots)
+    return [*written, *([heldout] if heldout else [])]
 
 
 def training_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -294,7 +307,9 @@ class RewardEntropyBar(TrainerCallback):
         self.bar = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="SENT", unit="step")
+        self.bar = tqdm(
+            total=state.max_steps, initial=state.global_step, desc="SENT", unit="step", disable=args.disable_tqdm
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         self.bar.update(state.global_step - self.bar.n)
@@ -308,7 +323,13 @@ class RewardEntropyBar(TrainerCallback):
             self.bar.set_postfix(postfix)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.bar.close()
+        self.close()
+
+    def close(self) -> None:
+        """End the bar; also when training stops on an exception, so that the bar's last redraw (tqdm
+        redraws an open bar as the interpreter exits) does not come after the command's last line."""
+        if self.bar is not None:
+            self.bar.close()
 
 
 class ZeroRewardWarning(TrainerCallback):

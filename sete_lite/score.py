@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import statistics
@@ -287,26 +288,29 @@ def format_stage_table(table: list[dict[str, Any]], estimator: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_histogram(rows: list[dict], path: Path, num_samples: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+def plot_histogram(rows: list[dict], path: Path, num_samples: int, estimator: str, num_stages: int) -> None:
+    """Both estimators' SE as side-by-side bars, and where the curriculum cuts the `estimator` one."""
+    from sete_lite.plots import plt, save
 
     fig, ax = plt.subplots(figsize=(6, 4))
     # SE lies in [0, log M] (log M: all answers distinct), up to float rounding at the top.
-    values = [[row[f"se_{estimator}"] for row in rows] for estimator in ESTIMATORS]
+    values = [[row[f"se_{name}"] for row in rows] for name in ESTIMATORS]
     top = max(math.log(num_samples), *values[0], *values[1])
     bins = [top * i / 20 for i in range(21)]
-    # the two estimators as side-by-side bars per bin
     ax.hist(values, bins=bins, label=list(ESTIMATORS))
+    scores = [row[f"se_{estimator}"] for row in rows]
+    stages = stage_indices(scores, num_stages) if len(rows) >= num_stages > 1 else []
+    for stage, (lower, upper) in enumerate(itertools.pairwise(stages)):
+        cut = (max(scores[i] for i in lower) + min(scores[i] for i in upper)) / 2
+        ax.axvline(cut, color="black", linestyle="--", linewidth=1)
+        ax.annotate(f"stage {stage} | {stage + 1}", (cut, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize=8)  # fmt: skip
     ax.set_xlabel("semantic entropy (nats)")
     ax.set_ylabel("prompts")
-    ax.set_title(f"SE of {len(rows)} prompts, M = {num_samples}")
-    ax.legend()
+    ax.set_title(f"SE of {len(rows)} prompts, M = {num_samples}; stages cut by {estimator} SE")
+    ax.legend(loc="center right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def model_producer(model_cfg: Any) -> dict[str, Any]:
@@ -331,7 +335,7 @@ def zero_pass_warning(rows: list[dict], answer_extraction: str) -> str | None:
 
 def write_score_report(rows: list[dict], scores_dir: Path, cfg: ScoreConfig, num_stages: int) -> str:
     """The SE histogram (PNG) and the per-stage table (markdown) next to the scores; returns the table."""
-    plot_histogram(rows, scores_dir / "se_histogram.png", cfg.se_num_samples)
+    plot_histogram(rows, scores_dir / "se_histogram.png", cfg.se_num_samples, cfg.se_estimator, num_stages)
     table = format_stage_table(stage_table(rows, num_stages, cfg.se_estimator), cfg.se_estimator)
     write_text(scores_dir / "stages.md", table)
     return table

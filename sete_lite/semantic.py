@@ -35,13 +35,13 @@ from pathlib import Path
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
+from sete_lite.config import check_answer_extraction
+
 # We bound time ourselves (time_limit), so math-verify's "timeout is disabled" warning is noise.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 # One parse or one comparison of two parsed answers; sympy can spin on answers like 2^{10^{10}}.
 DEFAULT_TIMEOUT_S = 1.0
-# How a response's final answer is found (config key answer_extraction).
-ANSWER_EXTRACTIONS = ("boxed", "math_verify")
 # math-verify's own extraction targets, a box first: LaTeX ($...$, "final answer is ..."), then plain
 # expressions (the last number or expression of the text).
 MATH_VERIFY_TARGETS = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
@@ -83,15 +83,10 @@ def extract_answer(text: str) -> str | None:
     return None
 
 
-def check_answer_extraction(method: str) -> None:
-    if method not in ANSWER_EXTRACTIONS:
-        raise ValueError(f"answer_extraction must be one of {ANSWER_EXTRACTIONS}, got '{method}'")
-
-
 def extract_answers(
     texts: Sequence[str], method: str = "boxed", *, timeout_s: float | None = DEFAULT_TIMEOUT_S
 ) -> list[str | None]:
-    """The final answer of each response by the rule `method` (see ANSWER_EXTRACTIONS); None: none found.
+    """The final answer of each response by the rule `method` (config.ANSWER_EXTRACTIONS); None: none found.
 
     `boxed` is `extract_answer`. `math_verify` is math-verify's `parse` with MATH_VERIFY_TARGETS,
     each text bounded by `timeout_s` (then: no answer): the answer is the text it extracted (a number

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tqdm.auto import tqdm
+
 from sete_lite.config import (
     SECTIONS,
     KeysHelp,
@@ -45,7 +47,10 @@ class RunConfig:
     """What a training run optimises and evaluates; the rest lives in the other config classes."""
 
     reward_funcs: list[str] = setting(
-        ["accuracy", "format"], "registry names or import paths `pkg.module:function`", shown="`[accuracy, format]`"
+        ["accuracy", "format"],
+        "`accuracy` and `format` (TRL's names `accuracy_reward`, `format_reward` too), or import paths "
+        "`pkg.module:function`",
+        shown="`[accuracy, format]`",
     )
     # Held-out evaluation (the eval_* keys of sete_lite.eval.EvalConfig say on what and how).
     eval_before_training: bool = setting(
@@ -254,9 +259,12 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
             answer_timeout_s=shared.answer_timeout_s,
             answer_extraction=shared.answer_extraction,
             use_adapter=use_adapter,
-            progress=False,
+            progress=not train_cfg.disable_tqdm,
         )
-        print(f"held-out evaluation '{name}':\n{format_table(results, eval_cfg.eval_k, eval_cfg.eval_num_samples)}")
+        # tqdm.write: at a stage end the training bar is open, and a print would land on its line
+        tqdm.write(
+            f"held-out evaluation '{name}':\n{format_table(results, eval_cfg.eval_k, eval_cfg.eval_num_samples)}"
+        )
         recorder.log_evaluation(results)
 
     if run_cfg.eval_before_training and checkpoint is None:
@@ -274,6 +282,7 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
         answer_extraction=shared.answer_extraction,
         scores_dir=run_dir.se_scores,
         processes=processes,
+        progress=not train_cfg.disable_tqdm,
     )
     if processes.is_main:
         print(write_score_report(scores, run_dir.se_scores, score_cfg, curriculum.num_stages))
@@ -289,6 +298,7 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
         ]
     )
 
+    progress_bar = RewardEntropyBar()
     trainer = SENTTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -301,7 +311,7 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
         callbacks=[
             recorder,
             *(
-                [RewardEntropyBar(), ZeroRewardWarning(zero_reward_cause(shared.answer_extraction))]
+                [progress_bar, ZeroRewardWarning(zero_reward_cause(shared.answer_extraction))]
                 if processes.is_main
                 else []
             ),
@@ -326,7 +336,10 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
         print(f"--resume: {checkpoint} is the run's last step; nothing left to train")
         load_adapter_weights(trainer.model, str(checkpoint))
     else:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        finally:
+            progress_bar.close()
     if not processes.is_main:
         return None, trainer
     save_adapter_atomically(trainer.model, run_dir.adapter, model_cfg.model_name_or_path, tokenizer)
@@ -445,11 +458,10 @@ def summarize(run_dir: Any, seconds: float) -> dict[str, Any]:
     Rewards and entropies are means per curriculum stage: single steps across stages mislead (a
     harder stage's prompts earn less reward while the policy gets better)."""
     from sete_lite.atomic import read_jsonl
-    from sete_lite.plots import plot_training_curves
-    from sete_lite.rundir import training_rows
+    from sete_lite.rundir import training_rows, write_plots
 
     rows = training_rows(read_jsonl(run_dir.metrics))
-    plots = plot_training_curves(rows, run_dir.plots)
+    plots = write_plots(run_dir)
     evaluations = {name: json.loads(path.read_text())["average"] for name, path in run_dir.evaluations()}
     summary = {
         "steps": rows[-1]["step"] if rows else 0,

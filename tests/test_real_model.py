@@ -24,6 +24,7 @@ from sete_lite import gguf_cache
 from sete_lite.model import ModelConfig, load_policy
 from sete_lite.rewards import accuracy_reward
 from sete_lite.rollout import Completion, SamplingConfig, TransformersEngine
+from sete_lite.rundir import training_rows
 from sete_lite.semantic import extract_answers, grade_answers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -273,8 +274,10 @@ def test_bitsandbytes_nf4_on_llama_layers(smollm2_dir):
     model.train()
     logp, _ = completion_logprobs(model, ids, torch.ones_like(ids), length)
     logp.mean().backward()
-    grads = [p.grad for name, p in model.named_parameters() if "lora_A" in name]
-    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    grads = {name: p.grad for name, p in model.named_parameters() if "lora_" in name}
+    assert len(grads) == 2 * len(quantized) and all(g is not None for g in grads.values())
+    # B starts at zero, so only B's gradient is non-zero at the first step (A's is B-transposed times ...)
+    assert all(g.abs().sum() > 0 for name, g in grads.items() if "lora_B" in name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,13 +321,17 @@ def test_a_sent_run_on_the_real_model(real_run):
     producer = json.loads((real_run / "se_scores" / "producer.json").read_text())
     assert producer["answer_extraction"] == "math_verify" and producer["model"] == "builtin:smollm2-135m-instruct"
 
-    metrics = [json.loads(line) for line in (real_run / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in metrics] == [1, 2]
-    assert [row["curriculum/stage"] for row in metrics] == [0.0, 1.0]
-    assert all(row["entropy"] > 0 and "kl" in row and "rewards/accuracy_reward/mean" in row for row in metrics)
-    for name in ("before", "stage-0", "stage-1"):
+    rows = [json.loads(line) for line in (real_run / "metrics.jsonl").read_text().splitlines()]
+    steps = training_rows(rows)
+    assert [row["step"] for row in steps] == [1, 2]
+    assert [row["curriculum/stage"] for row in steps] == [0.0, 1.0]
+    assert all(row["entropy"] > 0 and "kl" in row and "rewards/accuracy_reward/mean" in row for row in steps)
+    evaluations = [row for row in rows if row not in steps]  # before training, then at each stage end
+    assert [row["step"] for row in evaluations] == [0, 1, 2]
+    for name, logged in zip(("before", "stage-0", "stage-1"), evaluations, strict=True):
         results = json.loads((real_run / "eval" / name / "results.json").read_text())
         assert results["answer_extraction"] == "math_verify" and results["average"]["num_benchmarks"] == 1
+        assert logged["eval_average/avg"] == results["average"]["avg"]
     saved_base = json.loads((real_run / "adapter" / "sete_lite_base.json").read_text())
     assert saved_base["base_model"] == "builtin:smollm2-135m-instruct"
     assert "Traceback" not in (real_run / "stdout.txt").read_text()

@@ -46,6 +46,10 @@ def test_registry_names_and_import_paths():
     assert accuracy([""], ["7 + 5 = 12."], answer=["12"]) == [1.0]  # read from the prose
     assert format_ is format_reward
     assert resolve_reward_functions(["sete_lite.rewards:format_reward"]) == [format_reward]
+    # TRL's names for the same rewards, as its scripts and the logged metric rewards/accuracy_reward/mean say them
+    accuracy_again, format_again = resolve_reward_functions(["accuracy_reward", "format_reward"], answer_timeout_s=0.5)
+    assert (accuracy_again.func, accuracy_again.keywords["answer_timeout_s"]) == (accuracy_reward, 0.5)
+    assert format_again is format_reward
     assert resolve_reward_functions(["sete_lite.rewards.accuracy_reward"])[0].func is accuracy_reward
     with pytest.raises(ValueError, match="unknown reward function 'acuracy'"):
         resolve_reward_functions(["acuracy"])

@@ -92,6 +92,8 @@ def test_tensorboard_shows_the_training_curves_and_held_out_accuracy(tmp_path):
     command += ["--learning_rate", "1e-4", "--output_dir", str(out), "--report_to", "tensorboard"]
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    # progress bars for the SE pass, training, and the evaluations inside training
+    assert all(f"{bar}: 100%" in done.stderr for bar in ("SE scoring", "SENT", "eval"))
     events = EventAccumulator(str(next(out.glob("runs/*")))).Reload()
     scalars = events.Tags()["scalars"]
     assert {"train/reward", "train/entropy", "train/kl", "eval/arith_test/avg", "eval/average/pass@4"} <= set(scalars)
@@ -102,3 +104,14 @@ def test_tensorboard_shows_the_training_curves_and_held_out_accuracy(tmp_path):
     for (step, value), name in zip(held_out, ["before", "stage-0", "stage-1"], strict=True):
         recorded = json.loads((out / "eval" / name / "results.json").read_text())["benchmarks"]["arith_test"]["avg"]
         assert value == pytest.approx(recorded), (step, name)
+
+
+def test_disable_tqdm_turns_every_bar_of_a_run_off(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "sete_lite.train", "--config", str(REPO / "configs" / "smoke_cpu.yaml")]
+    command += ["--output_dir", str(out), "--disable_tqdm"]
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "held-out evaluation 'stage-1'" in done.stdout  # the run did evaluate
+    assert not any(f"{bar}:" in done.stderr for bar in ("SE scoring", "SENT", "eval")), done.stderr[-2000:]
