@@ -11,10 +11,16 @@ users miss when a "merged" export silently does not merge or comes out as garbag
   weight changed by the adapter's update B @ A * scaling (not rounded away in 16-bit), no LoRA
   module is left, and the saved files reload with plain transformers to the same logits.
 - `gguf`: the verified merged_16bit export converted by Unsloth's `save_pretrained_gguf` (GPU,
-  llama.cpp underneath); elsewhere a clear error with the manual llama.cpp route.
+  llama.cpp underneath), to one or several quantizations in one call; elsewhere a clear error with the
+  manual llama.cpp route.
+
+Every export carries a model card (README.md): the training run's, with the export's method added
+(sete_lite.hub). `--push-to-hub user/name [--private]` uploads the finished export, with the token from
+the environment; whether it can (offline, no token, hub unreachable) is checked before any work.
 
     python -m sete_lite.export --run-dir runs/tiny --method merged_16bit --output exports/tiny --dtype float32
     python -m sete_lite.export --adapter runs/r1/adapter/stage-0 --base Qwen/Qwen2.5-Math-7B --method lora --output O
+    python -m sete_lite.export --run-dir runs/r1 --method gguf --quantization q4_k_m q8_0 --output O --push-to-hub me/r1
 
 Every export is built in a hidden sibling of the output directory and swapped in only when
 complete, so an interrupted export never replaces a good one, and an output directory that is not
@@ -32,7 +38,7 @@ from typing import Any
 
 import torch
 
-from sete_lite.atomic import replace_dir
+from sete_lite.atomic import replace_dir, write_text
 from sete_lite.distributed import refuse_several_processes
 from sete_lite.outdir import lock
 from sete_lite.rundir import RunDir
@@ -223,12 +229,13 @@ def build_merged(base: str, adapter_dir: Path, dtype_name: str, out: Path, *, ve
     return info
 
 
-def check_gguf_possible(quantization: str, dtype: str) -> None:
+def check_gguf_possible(quantizations: list[str], dtype: str) -> None:
     """gguf needs Unsloth on a CUDA GPU and 16-bit weights; say what to do instead, before any loading."""
     from sete_lite.model import GPU_EXTRA, unsloth_available
 
-    if quantization not in GGUF_QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {GGUF_QUANTIZATIONS}, got '{quantization}'")
+    for quantization in quantizations:
+        if quantization not in GGUF_QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {GGUF_QUANTIZATIONS}, got '{quantization}'")
     if dtype == "float32":
         raise ValueError("gguf conversion starts from 16-bit weights: pass --dtype bfloat16 or float16")
     if not (torch.cuda.is_available() and unsloth_available()):
@@ -240,8 +247,9 @@ def check_gguf_possible(quantization: str, dtype: str) -> None:
         )
 
 
-def build_gguf(base: str, adapter_dir: Path, dtype_name: str, quantization: str, out: Path) -> None:
-    """The verified merged_16bit export, converted by Unsloth's save_pretrained_gguf (GPU only).
+def build_gguf(base: str, adapter_dir: Path, dtype_name: str, quantizations: list[str], out: Path) -> None:
+    """The verified merged_16bit export, converted by Unsloth's save_pretrained_gguf (GPU only) to each
+    of `quantizations` (Unsloth takes the list and converts the 16-bit weights once).
 
     Unsloth converts a local non-PEFT checkpoint in place and, depending on its version, writes the
     .gguf files next to it or to a `<dir>_gguf` sibling; they are all gathered into `out`.
@@ -254,7 +262,7 @@ def build_gguf(base: str, adapter_dir: Path, dtype_name: str, quantization: str,
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(merged_dir), load_in_4bit=False, dtype=EXPORT_DTYPES[dtype_name]
     )
-    result = model.save_pretrained_gguf(str(merged_dir), tokenizer, quantization_method=quantization)
+    result = model.save_pretrained_gguf(str(merged_dir), tokenizer, quantization_method=quantizations)
     side_dir = Path(f"{merged_dir}_gguf")
     files = [Path(f) for f in result.get("gguf_files") or []] if isinstance(result, dict) else []
     files = files or [*merged_dir.glob("*.gguf"), *side_dir.glob("*.gguf")]
@@ -274,14 +282,23 @@ def export(
     *,
     base: str | None = None,
     dtype: str = "bfloat16",
-    quantization: str = "q8_0",
+    quantization: str | list[str] = "q8_0",
     verify: bool = True,
     allow_other_base: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
 ) -> Path:
-    """Export the adapter at `adapter_dir` to `output` with `method`; returns the output directory."""
+    """Export the adapter at `adapter_dir` to `output` with `method` (and push it to the hub repository
+    `push_to_hub`); returns the output directory."""
+    from sete_lite.hub import check_hub_access, push_folder
+    from sete_lite.model import adapter_base_model
+
     check_method(method, dtype)
+    quantizations = [quantization] if isinstance(quantization, str) else list(quantization)
     if method == "gguf":
-        check_gguf_possible(quantization, dtype)
+        check_gguf_possible(quantizations, dtype)
+    hub = check_hub_access(push_to_hub, "--push-to-hub") if push_to_hub else None
+    if method == "gguf":
         from sete_lite.model import import_unsloth
 
         import_unsloth(vllm_standby=False)  # Unsloth patches transformers and peft: before they are imported
@@ -294,13 +311,34 @@ def export(
         elif method == "merged_16bit":
             info.update(dtype=dtype, **build_merged(base_name, adapter_dir, dtype, out, verify=verify))
         else:
-            build_gguf(base_name, adapter_dir, dtype, quantization, out)
-            info.update(dtype=dtype, quantization=quantization)
+            build_gguf(base_name, adapter_dir, dtype, quantizations, out)
+            info.update(dtype=dtype, quantization=quantizations)
+        write_text(out / "README.md", export_card(adapter_dir, base or adapter_base_model(adapter_dir), info))
         write_info(out, info)
 
     output = Path(output)
     with lock(output.parent / f".{output.name}.lock", f"--output '{output}'", remove=True):  # one export at a time
-        return publish(output, build)
+        published = publish(output, build)
+    if hub:
+        url = push_folder(published, *hub, private=private, message=f"sete_lite.export: {method}")
+        print(f"pushed {published} to {url}")
+    return published
+
+
+def export_card(adapter_dir: Path, base: str, info: dict[str, Any]) -> str:
+    """The export's model card: the body of the card a training run wrote beside its adapter (else a short
+    one; peft's own is a template of "[More Information Needed]"), and what this export holds."""
+    from sete_lite.hub import card_body, model_card
+    from sete_lite.model import ADAPTER_BASE_FILE
+
+    card = adapter_dir / "README.md"
+    if card.is_file() and (adapter_dir / ADAPTER_BASE_FILE).is_file():
+        body = card_body(card.read_text())
+    else:
+        body = f"# A LoRA adapter on `{base}`\n"
+    held = ", ".join(f"{key} `{info[key]}`" for key in ("method", "dtype", "quantization") if key in info)
+    body += f"\n## This export\n\nWritten by `python -m sete_lite.export`: {held}.\n"
+    return model_card(base, body, "peft" if info["method"] == "lora" else "transformers")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -316,14 +354,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     parser.add_argument("--output", required=True, help="output directory (replaced atomically)")
     parser.add_argument("--dtype", default="bfloat16", help=f"merged weights: {', '.join(EXPORT_DTYPES)}")
-    parser.add_argument("--quantization", default="q8_0", help=f"gguf: {', '.join(GGUF_QUANTIZATIONS)}")
+    parser.add_argument(
+        "--quantization", nargs="+", default=["q8_0"], help=f"gguf, one or several: {', '.join(GGUF_QUANTIZATIONS)}"
+    )
     parser.add_argument("--no-verify", action="store_true", help="merged_16bit: skip the reload-and-compare check")
+    parser.add_argument("--push-to-hub", metavar="USER/NAME", help="upload the export to this hub repository")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Path:
     refuse_several_processes("python -m sete_lite.export")
     args = parse_args(argv)
+    if args.private and not args.push_to_hub:
+        raise ValueError("--private is for the repository --push-to-hub creates: add --push-to-hub USER/NAME")
     check_method(args.method, args.dtype)  # before anything is loaded
     adapter_dir = resolve_adapter(args.run_dir, args.adapter, args.stage)
     out = export(
@@ -335,6 +379,8 @@ def main(argv: list[str] | None = None) -> Path:
         quantization=args.quantization,
         verify=not args.no_verify,
         allow_other_base=args.allow_other_base,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
     )
     print(f"exported {adapter_dir} ({args.method}) to {out}")
     print(json.dumps(json.loads((out / EXPORT_INFO).read_text()), indent=2))

@@ -173,14 +173,20 @@ def save_adapter_atomically(model, directory: Path, base_model: str, tokenizer=N
     """Save the LoRA adapter to a hidden sibling, then swap it in: never a half-written adapter.
 
     `base_model` is the configured model name (hub name, path or builtin:NAME), recorded beside the
-    adapter (ADAPTER_BASE_FILE) because adapter_config.json may name another: Unsloth records its
-    `unsloth/...-bnb-4bit` repository. The tokenizer is saved padding on the left, for generation
+    adapter (ADAPTER_BASE_FILE) and as adapter_config.json's base_model_name_or_path, where peft would
+    record the directory the weights were read from (or Unsloth its `unsloth/...-bnb-4bit` repository).
+    The tokenizer is saved padding on the left, for generation
     (Unsloth's trainer switches the live one to the right).
     """
 
     def build(partial: Path) -> None:
         model.save_pretrained(partial)
         write_text(partial / ADAPTER_BASE_FILE, json.dumps({"base_model": base_model}) + "\n")
+        # peft records the path the weights were read from (a cache directory for builtin:NAME and GGUF
+        # files, Unsloth's -bnb-4bit repository): the configured name is the one another machine can use.
+        adapter_config = json.loads((partial / "adapter_config.json").read_text())
+        adapter_config["base_model_name_or_path"] = base_model
+        write_text(partial / "adapter_config.json", json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(partial)
             # transformers saves the padding side it was created with, not the live one.
@@ -352,9 +358,13 @@ class ZeroRewardWarning(TrainerCallback):
 
 
 def write_run_readme(run_dir: RunDir, facts: dict[str, Any], config_source: str, summary: dict[str, Any]) -> None:
-    """D/README.md: what this run was and how to continue from it, in place of TRL's model-card
-    boilerplate. `facts` holds the run's method, model, data and curriculum settings by name."""
-    lines = [
+    """D/README.md, what this run was and how to continue from it (in place of TRL's model-card
+    boilerplate), and D/adapter/README.md, the adapter's model card (sete_lite.hub.model_card: the same
+    record, how to load it and the command that trained it). `facts` holds the run's method, model, data,
+    curriculum and held-out settings by name."""
+    from sete_lite.hub import model_card
+
+    record = [
         f"# SENT run: mode `{facts['mode']}` on `{facts['model']}`",
         "",
         f"- method: mode `{facts['mode']}`, loss_type `{facts['loss_type']}`, {summary['steps']} optimizer steps "
@@ -367,26 +377,45 @@ def write_run_readme(run_dir: RunDir, facts: dict[str, Any], config_source: str,
     ]
     stages = run_dir.se_scores / "stages.md"
     if stages.is_file():
-        lines += ["## Curriculum stages (semantic entropy of the base model's answers)", "", stages.read_text()]
+        record += ["## Curriculum stages (semantic entropy of the base model's answers)", "", stages.read_text()]
     evaluations = run_dir.evaluations()
     if evaluations:
-        lines += ["## Held-out evaluation", ""]
+        record += ["## Held-out evaluation", ""]
         for name, path in evaluations:
-            lines += [f"### {name}", "", (path.parent / "results.md").read_text()]
+            record += [f"### {name}", "", (path.parent / "results.md").read_text()]
     root = run_dir.root
-    lines += [
+    benchmarks = " ".join(facts["eval_benchmarks"])
+    files_and_next = [
         "## Files",
         "",
-        "`adapter/` (final LoRA adapter, `adapter/stage-K/` at each stage end), `metrics.jsonl`, `rollouts.jsonl`, "
-        "`plots/`, `se_scores/`, `eval/`, `checkpoint-N/`.",
+        "`adapter/` (final LoRA adapter and its model card, `adapter/stage-K/` at each stage end), `metrics.jsonl`, "
+        "`rollouts.jsonl`, `plots/`, `se_scores/`, `eval/`, `checkpoint-N/`.",
         "",
         "## Continue",
         "",
         "```bash",
         f"python -m sete_lite.train --config {config_source} --output-dir {root} --resume   # resume after a stop",
-        f"python -m sete_lite.eval --adapter {run_dir.adapter} --benchmarks MATH500 --n 16   # evaluate",
+        f"python -m sete_lite.eval --adapter {run_dir.adapter} --benchmarks {benchmarks} --n 16   # evaluate",
         f"python -m sete_lite.export --run-dir {root} --method merged_16bit --output {root / 'merged'}   # export",
         "```",
         "",
     ]
-    write_text(root / "README.md", "\n".join(lines))
+    write_text(root / "README.md", "\n".join(record + files_and_next))
+    use = [
+        "## Use",
+        "",
+        f"A LoRA adapter (peft) on `{facts['model']}`, trained with sete_lite (SENT, arXiv 2512.04359):",
+        "",
+        "```bash",
+        f"python -m sete_lite.eval --adapter ADAPTER_DIR --benchmarks {benchmarks}",
+        "python -m sete_lite.export --adapter ADAPTER_DIR --method merged_16bit --output merged",
+        "```",
+        "",
+        "## Training command",
+        "",
+        "```bash",
+        f"python -m sete_lite.train --config {config_source}",
+        "```",
+        "",
+    ]
+    write_text(run_dir.adapter / "README.md", model_card(facts["model"], "\n".join(record + use), "peft"))

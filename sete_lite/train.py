@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +116,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     refuse_repeated_keys(overrides)
     import_unsloth_first(read_values(config_path, overrides))  # before TRL is imported to parse the config
     configs = parse_train_config(config_path, overrides)
+    # The run's README and model card repeat the command: the config and every override but the output dir.
+    config_source = shlex.join([str(config_path), *(arg for key in args.set for arg in ("--set", key))])
     summary, _ = run(
-        configs, resume=args.resume, config_source=str(config_path), allow_config_change=args.allow_config_change
+        configs, resume=args.resume, config_source=config_source, allow_config_change=args.allow_config_change
     )
     return summary
 
@@ -141,7 +144,8 @@ def run(
     """Score, stage and train in the run directory configs.train.output_dir; returns (the summary
     dict that is also printed, the trainer). Launched as several processes (sete_lite.distributed),
     every process checks, scores its share of the SE batches and trains its slice of each batch; the
-    main process alone evaluates and writes, and the others return no summary (None).
+    main process alone evaluates and writes, and the others return no summary (None). `config_source`:
+    the --config and --set arguments that chose the settings, which the run's README repeats.
 
     The run directory is sete_lite's own (sete_lite.outdir): one holding anything else is refused,
     and the main process holds its lock for the whole run."""
@@ -171,6 +175,7 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
     from sete_lite.data import load_records, policy_prompts
     from sete_lite.distributed import launched_processes, launcher_note
     from sete_lite.eval import benchmark_prompts, evaluate_and_write, format_table, load_benchmarks
+    from sete_lite.hub import check_hub_access, push_folder
     from sete_lite.model import load_adapter_weights, load_policy
     from sete_lite.rewards import resolve_reward_functions, zero_reward_cause
     from sete_lite.rollout import check_context, context_limit, make_engine
@@ -208,6 +213,12 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
 
     # Everything cheap first: a bad config or dataset fails before a model is loaded.
     check_settings(configs)
+    push_to = None  # (repository, token)
+    if train_cfg.push_to_hub and processes.is_main:
+        push_to = check_hub_access(train_cfg.hub_model_id, "push_to_hub", train_cfg.hub_token, run_dir.root.name)
+    # The Trainer's own push would upload the whole run directory at every save: sete_lite pushes the
+    # final adapter with its model card, once, at the end.
+    train_cfg.push_to_hub = False
     shared.apply_num_threads()
     reward_funcs = resolve_reward_functions(
         run_cfg.reward_funcs, answer_timeout_s=shared.answer_timeout_s, answer_extraction=shared.answer_extraction
@@ -354,6 +365,7 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
         "lora_alpha": model_cfg.lora_alpha,
         "dataset": data_cfg.dataset_name_or_path,
         "num_prompts": len(records),
+        "eval_benchmarks": eval_cfg.eval_benchmarks,
         "curriculum": (
             f"{curriculum.num_stages} stages by {score_cfg.se_estimator} semantic entropy, "
             f"{curriculum.epochs_per_stage} epochs each" + (f"; {cut_short}" if cut_short else "")
@@ -362,6 +374,11 @@ def _run(configs: TrainConfigs, *, resume: bool, config_source: str, allow_confi
         ),
     }
     write_run_readme(run_dir, facts, config_source, summary)
+    if push_to:
+        message = f"sete_lite: {train_cfg.mode} on {model_cfg.model_name_or_path}"
+        private = bool(train_cfg.hub_private_repo)
+        url = push_folder(run_dir.adapter, *push_to, private=private, message=message)
+        print(f"pushed the adapter and its model card to {url}")
     return summary, trainer
 
 

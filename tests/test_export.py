@@ -189,7 +189,11 @@ def test_lora_export_from_a_run_directory(tmp_path: Path, tiny_model_dir: Path, 
     make_adapter(tiny_model_dir, run / "adapter" / "stage-0", scale=0.2, seed=1)
     out = main(["--run-dir", str(run), "--method", "lora", "--output", str(tmp_path / "lora")])
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []  # stage adapters are not exported
-    assert file_hashes(out) == {**file_hashes(adapter_dir), EXPORT_INFO: file_hashes(out)[EXPORT_INFO]}
+    written = {name: file_hashes(out)[name] for name in (EXPORT_INFO, "README.md")}  # peft's card replaced
+    assert file_hashes(out) == {**file_hashes(adapter_dir), **written}
+    card = (out / "README.md").read_text()
+    assert "[More Information Needed]" in (adapter_dir / "README.md").read_text()
+    assert "[More Information Needed]" not in card and "Written by `python -m sete_lite.export`: method `lora`" in card
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out))
     reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(adapter_dir))
     torch.testing.assert_close(logits(reloaded), logits(reference), rtol=0, atol=0)
@@ -260,7 +264,9 @@ def test_the_base_recorded_with_a_run_adapter_wins_over_unsloths(tmp_path: Path,
     model.peft_config["default"].base_model_name_or_path = "unsloth/tiny-qwen2-bnb-4bit"  # as Unsloth saves it
     save_adapter_atomically(model, tmp_path / "run" / "adapter", str(tiny_model_dir))
     saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
-    assert saved["base_model_name_or_path"] == "unsloth/tiny-qwen2-bnb-4bit"
+    assert saved["base_model_name_or_path"] == str(tiny_model_dir)  # the configured base, in peft's record too
+    saved["base_model_name_or_path"] = "unsloth/tiny-qwen2-bnb-4bit"  # as an adapter saved by Unsloth itself has it
+    (tmp_path / "run" / "adapter" / "adapter_config.json").write_text(json.dumps(saved))
     out = main(
         [
             "--run-dir",

@@ -334,6 +334,11 @@ def test_a_sent_run_on_the_real_model(real_run):
         assert logged["eval_average/avg"] == results["average"]["avg"]
     saved_base = json.loads((real_run / "adapter" / "sete_lite_base.json").read_text())
     assert saved_base["base_model"] == "builtin:smollm2-135m-instruct"
+    # peft's record names the builtin too, not this machine's conversion cache
+    adapter_config = json.loads((real_run / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "builtin:smollm2-135m-instruct"
+    card = (real_run / "adapter" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft\n") and "### stage-1" in card
     assert "Traceback" not in (real_run / "stdout.txt").read_text()
 
 

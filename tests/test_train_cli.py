@@ -243,8 +243,10 @@ def test_summary_lists_held_out_scores_in_stage_order_and_prints_the_change(tmp_
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.5, "entropy": 0.1}) + "\n")
     for name, avg in [("stage-10", 0.6), ("before", 0.4), ("stage-2", 0.5), ("stage-0", 0.45)]:
         (tmp_path / "eval" / name).mkdir(parents=True)
-        (tmp_path / "eval" / name / "results.json").write_text(json.dumps({"average": {"avg": avg}}))
+        results = {"benchmarks": {"arith_test": {"avg": avg}}, "average": {"avg": avg}}  # as evaluate writes it
+        (tmp_path / "eval" / name / "results.json").write_text(json.dumps(results))
     summary = summarize(RunDir(tmp_path), 1.0)
+    assert (tmp_path / "plots" / "heldout.png").is_file()
     assert list(summary["eval"]) == ["before", "stage-0", "stage-2", "stage-10"]
     expected = "held-out accuracy (mean over samples): before 40.0% -> stage-0 45.0% -> stage-2 50.0% -> stage-10 60.0%"
     assert expected in capsys.readouterr().out
@@ -262,6 +264,9 @@ def test_saved_adapter_records_the_configured_base_and_pads_left(tmp_path: Path)
     save_adapter_atomically(model, tmp_path / "adapter", "builtin:arith-qwen2", tokenizer)
     assert adapter_base_model(tmp_path / "adapter") == "builtin:arith-qwen2"
     assert json.loads((tmp_path / "adapter" / ADAPTER_BASE_FILE).read_text()) == {"base_model": "builtin:arith-qwen2"}
+    # peft's own record says the same (it would hold the builtin's resolved path on this machine)
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "builtin:arith-qwen2"
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(tmp_path / "adapter").padding_side == "left"
