@@ -161,10 +161,10 @@ INSTALL = [
 
         The notebook needs a checkout of the repository (the presets in `configs/`): it uses the one it was
         opened from, else `SETE_LITE_SOURCE` (set it in the first cell: a git URL to clone or a local path).
-        Then it installs torch first (the runtime's CUDA build is kept when it fits the pin `torch>=2.6,<2.15`)
-        and the package with its pinned `gpu` extra (Unsloth and vLLM; transformers, TRL and peft at the
-        versions the project tests). Outside a notebook the same install is
-        `pip install "sete_lite[gpu] @ git+URL"`. If pip says the runtime must be restarted, restart it and run
+        Then it installs torch 2.13.0 first (the CUDA build vLLM 0.27.1 pins: a runtime's other torch is
+        replaced, which takes a few minutes) and the package with its pinned `gpu` extra (Unsloth and vLLM;
+        transformers, TRL and peft at the versions the project tests), as README's GPU section does. Outside
+        a notebook the same install is `pip install torch==2.13.0 "sete_lite[gpu] @ git+URL"`. If pip says the runtime must be restarted, restart it and run
         all cells again: finished steps are skipped.
         """
     ),
@@ -199,7 +199,7 @@ INSTALL = [
         elif importlib.util.find_spec("unsloth") and importlib.util.find_spec("sete_lite"):
             print("sete_lite[gpu] is installed")
         else:
-            sh(sys.executable, "-m", "pip", "install", "torch>=2.6,<2.15")
+            sh(sys.executable, "-m", "pip", "install", "torch==2.13.0")  # the build the gpu extra's vllm pins
             sh(sys.executable, "-m", "pip", "install", ".[gpu]")
         print("checkout:", REPO_DIR)
         '''

@@ -104,3 +104,18 @@ def test_notebook_runs_end_to_end_in_smoke_mode(name: str, tmp_path: Path, monke
     merged = AutoModelForCausalLM.from_pretrained(run / "export" / "merged")
     assert (expected - base_logits).abs().max() > 0.01  # the adapter matters, so a non-merge would show
     torch.testing.assert_close(probe_logits(merged), expected, rtol=1e-4, atol=1e-4)  # float32 rounding of the merge
+
+
+def test_the_notebooks_install_the_torch_that_readme_and_setup_pin():
+    """The gpu extra's vLLM pins one torch build; README, scripts/setup.sh and both notebooks install it
+    first (an earlier notebook promised to keep any runtime torch in a range the pin does not allow)."""
+    import re
+
+    pins = set(re.findall(r"pip install (torch==[\d.]+)", (REPO / "README.md").read_text()))
+    pins |= set(re.findall(r"pip install -q (torch==[\d.]+)", (REPO / "scripts" / "setup.sh").read_text()))
+    assert len(pins) == 1, pins
+    (pin,) = pins
+    for name in ("sete_lite_colab.ipynb", "sete_lite_kaggle.ipynb"):
+        source = "".join(cell.source for cell in nbformat.read(NOTEBOOKS / name, as_version=4).cells)
+        assert f'"install", "{pin}"' in source and f"installs {pin.replace('==', ' ')} first" in source
+        assert not re.search(r"torch>=|torch<", source), name
