@@ -352,7 +352,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base", help="base model (default: the one recorded in the adapter's config)")
     parser.add_argument("--allow-other-base", action="store_true", help="--base may differ from the adapter's base")
     parser.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
-    parser.add_argument("--output", required=True, help="output directory (replaced atomically)")
+    parser.add_argument(
+        "--output",
+        "--output-dir",
+        "--output_dir",
+        dest="output",
+        required=True,
+        help="output directory (replaced atomically)",
+    )
     parser.add_argument("--dtype", default="bfloat16", help=f"merged weights: {', '.join(EXPORT_DTYPES)}")
     parser.add_argument(
         "--quantization", nargs="+", default=["q8_0"], help=f"gguf, one or several: {', '.join(GGUF_QUANTIZATIONS)}"

@@ -348,12 +348,9 @@ def config_classes() -> list[type]:
     return [section_class(section) for section in ("shared", "model", "data", "score", "curriculum")]
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    from sete_lite.atomic import check_writable_dir
-    from sete_lite.config import KeysHelp, key_flags, parse_config, read_values, refuse_repeated_keys, training_keys
-    from sete_lite.data import load_records
-    from sete_lite.model import import_unsloth_first
-    from sete_lite.rollout import check_engine_possible
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The score command's arguments; `set` holds every override, the config-key flags and --output-dir's."""
+    from sete_lite.config import KeysHelp, key_flags, training_keys
 
     parser = argparse.ArgumentParser(
         prog="python -m sete_lite.score",
@@ -369,9 +366,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="YAML config (model, data and se_* keys; a training config works too) or builtin:NAME "
         "(default: builtin:arith-cpu, the built-in task)",
     )
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", help="where the scores go (se_scores_dir)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     args, rest = parser.parse_known_args(argv)
-    args.set += key_flags(rest, training_keys())
+    args.set += key_flags(rest, training_keys()) + ([f"se_scores_dir={args.output_dir}"] if args.output_dir else [])
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from sete_lite.atomic import check_writable_dir
+    from sete_lite.config import parse_config, read_values, refuse_repeated_keys, training_keys
+    from sete_lite.data import load_records
+    from sete_lite.model import import_unsloth_first
+    from sete_lite.rollout import check_engine_possible
+
+    args = parse_args(argv)
     refuse_repeated_keys(args.set)
     import_unsloth_first(read_values(args.config, args.set))
     shared, model_cfg, data_cfg, cfg, curriculum = parse_config(

@@ -43,6 +43,19 @@ def test_every_config_key_is_a_flag_as_in_trl_scripts():
     assert parse_args(["--output-dir", "runs/y"]).output_dir == Path("runs/y")  # the old spelling stays
 
 
+def test_every_command_takes_its_output_directory_as_output_dir():
+    """One flag for where a command writes, in both spellings (eval used to take --output_dir as the
+    training key output_dir and ignore it)."""
+    from sete_lite import eval as eval_command
+    from sete_lite import export, score
+
+    for flag in ("--output-dir", "--output_dir"):
+        assert score.parse_args([flag, "s"]).set == ["se_scores_dir=s"]
+        assert (eval_command.parse_args([flag, "e"]).output_dir, eval_command.parse_args([flag, "e"]).set) == ("e", [])
+        assert export.parse_args(["--adapter", "a", "--method", "lora", flag, "x"]).output == "x"
+    assert export.parse_args(["--adapter", "a", "--method", "lora", "--output", "x"]).output == "x"
+
+
 def test_both_spellings_of_the_output_flag_at_once_are_refused(tmp_path, tiny_model_dir, no_model):
     config = write_config(tmp_path / "c.yaml", tiny_model_dir)
     with pytest.raises(ValueError, match="output_dir given twice on the command line"):
