@@ -328,17 +328,17 @@ def export(
 def export_card(adapter_dir: Path, base: str, info: dict[str, Any]) -> str:
     """The export's model card: the body of the card a training run wrote beside its adapter (else a short
     one; peft's own is a template of "[More Information Needed]"), and what this export holds."""
-    from sete_lite.hub import card_body, model_card
+    from sete_lite.hub import card_body, model_card, shareable_base
     from sete_lite.model import ADAPTER_BASE_FILE
 
     card = adapter_dir / "README.md"
     if card.is_file() and (adapter_dir / ADAPTER_BASE_FILE).is_file():
         body = card_body(card.read_text())
     else:
-        body = f"# A LoRA adapter on `{base}`\n"
+        body = f"# A LoRA adapter on `{shareable_base(base)}`\n"
     held = ", ".join(f"{key} `{info[key]}`" for key in ("method", "dtype", "quantization") if key in info)
     body += f"\n## This export\n\nWritten by `python -m sete_lite.export`: {held}.\n"
-    return model_card(base, body, "peft" if info["method"] == "lora" else "transformers")
+    return model_card(shareable_base(base), body, "peft" if info["method"] == "lora" else "transformers")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

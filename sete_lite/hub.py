@@ -25,6 +25,19 @@ def is_hub_repository(name: str) -> bool:
     return REPO_ID.fullmatch(name) is not None and not Path(name).exists()
 
 
+def shareable_base(name: str) -> str:
+    """How an adapter names its base for other machines (adapter_config.json): a hub repository or a
+    builtin:NAME as is; a local directory by the hub repository its config.json says it came from, else by
+    its own name (never this machine's absolute path)."""
+    import json
+
+    config = Path(name) / "config.json"
+    if name.startswith("builtin:") or not config.is_file():
+        return name
+    origin = json.loads(config.read_text()).get("_name_or_path", "")
+    return origin if REPO_ID.fullmatch(origin) and not Path(origin).exists() else Path(name).resolve().name
+
+
 def check_hub_access(
     repo_id: str | None, flag: str, token: str | None = None, default_name: str | None = None
 ) -> tuple[str, str]:

@@ -94,6 +94,9 @@ class LossConfig:
         shown="mode's",
     )
     kl_estimator: str = setting("k3", "`k1`, `k2` or `k3` for KL to the reference")
+    kl_clamp: float | None = setting(
+        None, "clamp each token's KL estimate to [-c, c] (verl clamps k3 at 10; off: the penalty keeps its gradient)"
+    )
     # sent: T_low = the lowest-entropy low_entropy_quantile of tokens; T_hc = the top
     # high_cov_ratio of T_low by covariance. The paper leaves kappa, beta_low, beta_high open: these are
     # provisional values, kept after the sweeps on the built-in tasks (docs/method.md#defaults). rho = 0.8
@@ -145,6 +148,8 @@ class LossConfig:
         for name in ("epsilon", "epsilon_high", "beta_low", "beta_high", "beta", "ppo_kl_coef", "entropy_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.kl_clamp is not None and self.kl_clamp <= 0:
+            raise ValueError(f"kl_clamp must be > 0 (verl's is 10), or null for none; got {self.kl_clamp}")
         if self.clip_cov_lb >= self.clip_cov_ub:
             raise ValueError(f"clip_cov_lb ({self.clip_cov_lb}) must be < clip_cov_ub ({self.clip_cov_ub})")
 
@@ -213,14 +218,19 @@ def centered_covariance(
     return (logp - mean_logp) * (advantages - mean_adv)
 
 
-def kl_to_reference(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimate of KL(pi || ref) from samples of pi; the gradient flows through logp."""
+def kl_to_reference(
+    logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str, clamp: float | None = None
+) -> torch.Tensor:
+    """Per-token estimate of KL(pi || ref) from samples of pi; the gradient flows through logp. `clamp`:
+    each estimate is clamped to [-clamp, clamp] (verl's k3 at 10), where its gradient stops."""
     log_ratio = (ref_logp - logp).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     if estimator == "k1":
-        return -log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio**2
-    return torch.exp(log_ratio) - log_ratio - 1.0
+        kl = -log_ratio
+    elif estimator == "k2":
+        kl = 0.5 * log_ratio**2
+    else:
+        kl = torch.exp(log_ratio) - log_ratio - 1.0
+    return kl if clamp is None else kl.clamp(-clamp, clamp)
 
 
 def reduce_tokens(
@@ -329,7 +339,7 @@ def policy_loss(
     surrogate = -torch.minimum(unclipped, clipped)
     is_clipped_low = (ratio < 1 - cfg.epsilon) & (advantages < 0) & valid
     is_clipped_high = (ratio > 1 + cfg.epsilon_high) & (advantages > 0) & valid
-    kl = kl_to_reference(logp, ref_logp, cfg.kl_estimator) if ref_logp is not None else None
+    kl = kl_to_reference(logp, ref_logp, cfg.kl_estimator, cfg.kl_clamp) if ref_logp is not None else None
     # TRL's top_entropy_quantile: the policy term acts on the top-q tokens by entropy only (1.0: all).
     policy_tokens = valid
     if cfg.top_entropy_quantile < 1.0:

@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from sete_lite.atomic import append_jsonl, read_jsonl, replace_dir, write_jsonl, write_text
 from sete_lite.config import stop_if_interrupted
 from sete_lite.distributed import ONE_PROCESS, Processes
+from sete_lite.hub import shareable_base
 from sete_lite.model import ADAPTER_BASE_FILE
 
 CHECKPOINT_DONE = "sete_checkpoint_complete"
@@ -173,8 +174,9 @@ def save_adapter_atomically(model, directory: Path, base_model: str, tokenizer=N
     """Save the LoRA adapter to a hidden sibling, then swap it in: never a half-written adapter.
 
     `base_model` is the configured model name (hub name, path or builtin:NAME), recorded beside the
-    adapter (ADAPTER_BASE_FILE) and as adapter_config.json's base_model_name_or_path, where peft would
-    record the directory the weights were read from (or Unsloth its `unsloth/...-bnb-4bit` repository).
+    adapter (ADAPTER_BASE_FILE); adapter_config.json's base_model_name_or_path, where peft would record
+    the directory the weights were read from (or Unsloth its `unsloth/...-bnb-4bit` repository), gets
+    its shareable form (sete_lite.hub.shareable_base).
     The tokenizer is saved padding on the left, for generation
     (Unsloth's trainer switches the live one to the right).
     """
@@ -183,9 +185,9 @@ def save_adapter_atomically(model, directory: Path, base_model: str, tokenizer=N
         model.save_pretrained(partial)
         write_text(partial / ADAPTER_BASE_FILE, json.dumps({"base_model": base_model}) + "\n")
         # peft records the path the weights were read from (a cache directory for builtin:NAME and GGUF
-        # files, Unsloth's -bnb-4bit repository): the configured name is the one another machine can use.
+        # files, Unsloth's -bnb-4bit repository): another machine needs a name it can resolve.
         adapter_config = json.loads((partial / "adapter_config.json").read_text())
-        adapter_config["base_model_name_or_path"] = base_model
+        adapter_config["base_model_name_or_path"] = shareable_base(base_model)
         write_text(partial / "adapter_config.json", json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(partial)
@@ -418,4 +420,7 @@ def write_run_readme(run_dir: RunDir, facts: dict[str, Any], config_source: str,
         "```",
         "",
     ]
-    write_text(run_dir.adapter / "README.md", model_card(facts["model"], "\n".join(record + use), "peft"))
+    # The card travels: it names the base as adapter_config.json does, not by this machine's path.
+    base = shareable_base(facts["model"])
+    card = "\n".join(record + use).replace(f"`{facts['model']}`", f"`{base}`")
+    write_text(run_dir.adapter / "README.md", model_card(base, card, "peft"))

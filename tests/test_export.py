@@ -264,7 +264,7 @@ def test_the_base_recorded_with_a_run_adapter_wins_over_unsloths(tmp_path: Path,
     model.peft_config["default"].base_model_name_or_path = "unsloth/tiny-qwen2-bnb-4bit"  # as Unsloth saves it
     save_adapter_atomically(model, tmp_path / "run" / "adapter", str(tiny_model_dir))
     saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
-    assert saved["base_model_name_or_path"] == str(tiny_model_dir)  # the configured base, in peft's record too
+    assert saved["base_model_name_or_path"] == tiny_model_dir.name  # the configured base's shareable name
     saved["base_model_name_or_path"] = "unsloth/tiny-qwen2-bnb-4bit"  # as an adapter saved by Unsloth itself has it
     (tmp_path / "run" / "adapter" / "adapter_config.json").write_text(json.dumps(saved))
     out = main(

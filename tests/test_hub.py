@@ -15,7 +15,7 @@ import huggingface_hub
 import pytest
 
 from sete_lite.export import export
-from sete_lite.hub import check_hub_access, is_hub_repository, model_card
+from sete_lite.hub import check_hub_access, is_hub_repository, model_card, shareable_base
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
@@ -121,6 +121,15 @@ def test_the_model_card_names_only_a_shareable_base(tmp_path):
     assert card.startswith("---\nbase_model: Qwen/Qwen2.5-Math-7B\nlibrary_name: peft\n")
     assert "base_model" not in model_card("builtin:smollm2-135m-instruct", "# run\n", "peft")
 
+    assert shareable_base("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
+    assert shareable_base("builtin:arith-qwen2") == "builtin:arith-qwen2"
+    local = tmp_path / "downloads" / "qwen-math"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text(json.dumps({"_name_or_path": "Qwen/Qwen2.5-Math-7B"}))
+    assert shareable_base(str(local)) == "Qwen/Qwen2.5-Math-7B"  # where the local copy came from
+    (local / "config.json").write_text(json.dumps({"_name_or_path": str(local)}))
+    assert shareable_base(str(local)) == "qwen-math"
+
 
 def test_a_trained_run_pushes_its_adapter_and_card_and_exports_push_theirs(tmp_path, tiny_model_dir, fake_hub):
     """TRL's push_to_hub / hub_model_id / hub_private_repo push the final adapter with a card that holds the
@@ -137,11 +146,13 @@ def test_a_trained_run_pushes_its_adapter_and_card_and_exports_push_theirs(tmp_p
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "stage-0/adapter_config.json"} <= set(
         uploaded
     )
-    assert json.loads(uploaded["adapter_config.json"])["base_model_name_or_path"] == str(base)  # not a cache path
+    # a local base is named by its directory, never this machine's absolute path
+    assert json.loads(uploaded["adapter_config.json"])["base_model_name_or_path"] == "my-base"
     card = uploaded["README.md"]
     assert card.startswith("---\nlibrary_name: peft\n")  # a local base: no base_model entry
     assert "## Held-out evaluation" in card and "### stage-1" in card and "python -m sete_lite.train" in card
     assert f"--set model_name_or_path={base}" in card  # the command as given, overrides included
+    assert "on `my-base`" in card and f"`{base}`" not in card  # the base as adapter_config.json names it
 
     out = export(run / "adapter", tmp_path / "merged", "merged_16bit", dtype="float32", push_to_hub="me/smoke-merged")
     uploaded = fake_hub.uploads["me/smoke-merged"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sete_lite.loss import MODES, LossConfig, policy_loss
+from sete_lite.loss import MODES, LossConfig, kl_to_reference, policy_loss
 
 # ----------------------------------------------------------------------------------------------
 # An independent reference: Python lists of valid tokens, sorted() for selections, float64 math.
@@ -155,6 +155,29 @@ def test_sent_matches_reference(loss_type, rho, kappa, seed):
         beta_high=1.2,
     )
     compare(cfg, seed, empty_row=seed == 1)
+
+
+def test_verls_k3_clamp_caps_the_penalty_and_stops_its_gradient():
+    """kl_clamp 10 (verl's): k3 = e^d - d - 1 with d = ref - logp passes 10 near d = 2.6 and d = -11; there
+    the value is 10 and the gradient 0, elsewhere k3 and its gradient -(e^d - 1) as without the clamp."""
+    d = torch.tensor([0.5, 2.0, 3.0, -12.0, -5.0], dtype=torch.float64)
+    ref = torch.zeros_like(d)
+    logp = (ref - d).requires_grad_()
+    kl = kl_to_reference(logp, ref, "k3", clamp=10.0)
+    k3 = [math.exp(x) - x - 1 for x in d.tolist()]
+    assert kl.tolist() == pytest.approx([min(value, 10.0) for value in k3], rel=1e-12)
+    kl.sum().backward()
+    slope = [0.0 if value > 10 else -(math.exp(x) - 1) for x, value in zip(d.tolist(), k3, strict=True)]
+    assert logp.grad.tolist() == pytest.approx(slope, rel=1e-12)
+    unclamped = kl_to_reference(logp.detach(), ref, "k3")
+    assert unclamped.tolist() == pytest.approx(k3, rel=1e-12)  # off by default: no cap
+    # through the loss: mode grpo with a uniform KL, the clamped token contributes beta * 10
+    cfg = LossConfig(mode="grpo", beta=1.0, kl_clamp=10.0, loss_type="bnpo")
+    ones = torch.ones(1, 5, dtype=torch.float64)
+    loss, _ = policy_loss(logp.detach()[None], logp.detach()[None], ref[None], 0 * ones, ones, ones, cfg)
+    assert loss.item() == pytest.approx(sum(min(value, 10.0) for value in k3) / 5, rel=1e-12)
+    with pytest.raises(ValueError, match="kl_clamp must be > 0"):
+        LossConfig(kl_clamp=0.0)
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
