@@ -87,6 +87,12 @@ REWARD_FUNCTIONS: dict[str, RewardFunction] = {
 def import_function(path: str) -> RewardFunction:
     """A function from `package.module:function` or `package.module.function`."""
     module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
+    if not module_name and path in importlib.import_module("trl.rewards").__all__:
+        raise ValueError(
+            f"'{path}' is TRL's reward (trl.rewards.{path}), which has no sete_lite counterpart: it reads "
+            "conversational completions ([{'content': ...}]) and TRL's `solution` column, while sete_lite passes "
+            f"text and `answer`. Use {sorted(REWARD_FUNCTIONS)}, or wrap it and name the wrapper by import path"
+        )
     if not module_name:
         raise ValueError(
             f"unknown reward function '{path}': use one of {sorted(REWARD_FUNCTIONS)} "

@@ -51,6 +51,8 @@ def test_registry_names_and_import_paths():
     assert (accuracy_again.func, accuracy_again.keywords["answer_timeout_s"]) == (accuracy_reward, 0.5)
     assert format_again is format_reward
     assert resolve_reward_functions(["sete_lite.rewards.accuracy_reward"])[0].func is accuracy_reward
+    with pytest.raises(ValueError, match=r"'think_format_reward' is TRL's reward .* no sete_lite counterpart"):
+        resolve_reward_functions(["think_format_reward"])
     with pytest.raises(ValueError, match="unknown reward function 'acuracy'"):
         resolve_reward_functions(["acuracy"])
     with pytest.raises(ValueError, match="cannot import"):
