@@ -467,7 +467,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, nargs="+", action="extend", help="Pass@k for these k (default 1 8 16)")
     parser.add_argument("--max-problems", type=int, help="the first N problems of each benchmark")
     parser.add_argument(
-        "--output-dir", "--output_dir", dest="output_dir", help="where results.json, results.md and samples.jsonl go"
+        "--output-dir",
+        "--output_dir",
+        dest="output_dir",
+        metavar="DIR",
+        help="where results.json, results.md and samples.jsonl go",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     args, rest = parser.parse_known_args(argv)

@@ -357,6 +357,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output-dir",
         "--output_dir",
         dest="output",
+        metavar="DIR",
         required=True,
         help="output directory (replaced atomically)",
     )

@@ -366,7 +366,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="YAML config (model, data and se_* keys; a training config works too) or builtin:NAME "
         "(default: builtin:arith-cpu, the built-in task)",
     )
-    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", help="where the scores go (se_scores_dir)")
+    parser.add_argument(
+        "--output-dir", "--output_dir", dest="output_dir", metavar="DIR", help="where the scores go (se_scores_dir)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     args, rest = parser.parse_known_args(argv)
     args.set += key_flags(rest, training_keys()) + ([f"se_scores_dir={args.output_dir}"] if args.output_dir else [])
