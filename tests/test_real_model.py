@@ -382,3 +382,24 @@ def test_score_and_eval_take_the_builtin_and_the_gguf_file(real_run, tmp_path):
     assert results["benchmarks"]["words_test"]["num_problems"] == 2
     meta = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert meta["model"] == str(gguf_file) and meta["answer_extraction"] == "math_verify"
+
+
+@pytest.mark.slow
+def test_the_seeds_report_of_the_real_run(real_run, tmp_path):
+    """docs/results/smollm2_cpu.md's report from a run directory: result.json keeps what it needs, and the
+    accuracy by kind of problem adds back up to the held-out Avg (weighted by each kind's samples)."""
+    from sete_lite.arith.seeds_report import main as seeds_report
+
+    seeds_report(["--runs", str(real_run), "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "runs" / "seed0" / "result.json").read_text())
+    assert list(result["evaluations"]) == ["before", "stage-0", "stage-1"]
+    kinds = [json.loads(line)["kind"] for line in (REPO / "sete_lite/arith/data/words_test.jsonl").open()]
+    for name, evaluation in result["evaluations"].items():
+        samples = [json.loads(line) for line in (real_run / "eval" / name / "samples.jsonl").open()]
+        counts = {kind: sum(kinds[int(row["id"])] == kind for row in samples) for kind in evaluation["avg_by_kind"]}
+        weighted = sum(evaluation["avg_by_kind"][kind] * counts[kind] for kind in counts) / len(samples)
+        assert weighted == pytest.approx(evaluation["avg"], abs=1e-12)
+        assert evaluation["no_answer"] == pytest.approx(sum(row["answer"] is None for row in samples) / len(samples))
+    assert result["train_seconds"] > 0 and [row["step"] for row in result["metrics"]] == [1, 2]
+    table = (tmp_path / "table.md").read_text()
+    assert "| add |" in table and (tmp_path / "curves.png").is_file()

@@ -8,7 +8,8 @@ directories, and writes:
 
 - OUT/table.md: held-out Avg@n and Pass@n before and after training, per seed and paired (after minus
   before, seed by seed: each seed samples its base evaluation with its own stream), mean response
-  length, the share of samples with no answer found, training and wall time;
+  length, the share of samples with no answer found, training and wall time, and Avg by kind of
+  problem where the held-out split records kinds (the words task's);
 - OUT/curves.png: reward, token entropy, KL to the reference and completion length per step, each
   seed a line, the curriculum's stage switch marked.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sete_lite.atomic import read_jsonl, write_text
+from sete_lite.builtins import resolve_builtin
 from sete_lite.rundir import RunDir
 
 CURVES = {
@@ -37,18 +39,31 @@ CURVES = {
 }
 
 
+def problem_kinds(config: dict[str, Any]) -> dict[str, str]:
+    """Each held-out problem's kind (sete_lite.arith.words: add, sub, word_add, word_sub) by the id the
+    evaluation gives a local file's problem, its row number; empty when the split has no kinds."""
+    rows = read_jsonl(Path(resolve_builtin(config["eval_benchmarks"][0])))
+    return {str(number): row["kind"] for number, row in enumerate(rows) if "kind" in row}
+
+
 def collect(run: Path) -> dict[str, Any]:
     """What the report needs from one finished run directory."""
     layout = RunDir(run)
     config = json.loads(layout.config.read_text())
+    kinds = problem_kinds(config)
     evaluations = {}
     for name, path in layout.evaluations():
         results = json.loads(path.read_text())
         samples = read_jsonl(path.parent / "samples.jsonl")
+        by_kind: dict[str, list[bool]] = {}
+        for row in samples:
+            if row["id"] in kinds:
+                by_kind.setdefault(kinds[row["id"]], []).append(row["correct"])
         evaluations[name] = {
             **results["average"],
             "mean_tokens": statistics.fmean(row["num_tokens"] for row in samples),
             "no_answer": statistics.fmean(row["answer"] is None for row in samples),
+            "avg_by_kind": {kind: statistics.fmean(verdicts) for kind, verdicts in sorted(by_kind.items())},
         }
     metrics = [
         {key: row[key] for key in ("step", "curriculum/stage", *CURVES) if key in row}
@@ -103,6 +118,15 @@ def table(results: list[dict[str, Any]]) -> str:
         f"{mean_std(pass_after)} | | | {mean_std([r['train_seconds'] for r in results], 1)} | "
         f"{mean_std([r['wall_seconds'] for r in results], 1)} |"
     )
+    by_kind = results[0]["evaluations"]["before"].get("avg_by_kind", {})
+    if by_kind:
+        lines += ["", "Held-out Avg (%) by kind of problem, mean ± std over seeds:", "", "| kind | before | after |"]
+        lines.append("|---|---|---|")
+        for kind in by_kind:
+            cells = [
+                mean_std([r["evaluations"][name]["avg_by_kind"][kind] for r in results]) for name in ("before", last)
+            ]
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     stages = [name for name in results[0]["evaluations"] if name != "before"]
     lines += ["", "Held-out Avg (%) after each stage, per seed:", "", "| seed | before | " + " | ".join(stages) + " |"]
     lines.append("|---|---|" + "---|" * len(stages))
