@@ -13,6 +13,8 @@ run writes them as pictures next to metrics.jsonl, and rewrites them at every ch
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,11 +109,16 @@ def plot_heldout(evaluations: Sequence[tuple[str, dict]], out_dir: str | Path) -
 
 
 def save(fig, path: Path) -> Path:
-    """Write a figure whole or not at all (a temporary file, then a rename), and close it."""
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    """Write a figure whole or not at all, and close it: a temporary file of this call's own, then a
+    rename. Two writers may draw the same plot at once (a training run and a notebook's live curves)."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(handle)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -271,3 +271,24 @@ def test_saved_adapter_records_the_configured_base_and_pads_left(tmp_path: Path)
 
     assert AutoTokenizer.from_pretrained(tmp_path / "adapter").padding_side == "left"
     assert tokenizer.padding_side == "right"  # the live tokenizer is left alone
+
+
+def test_two_writers_of_the_same_plots_at_once_both_succeed(tmp_path: Path) -> None:
+    """A training run rewrites its plots while a notebook draws the same files from metrics.jsonl: each
+    write has its own temporary file (a shared one was renamed away under the other writer: the
+    notebook's run died with 'No such file or directory: .../entropy.tmp.png')."""
+    rows = [
+        {"step": step, "reward": step / 10, "entropy": 1 / step, "curriculum/stage": step // 5} for step in range(1, 11)
+    ]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    script = (
+        "import json, sys; from sete_lite.plots import plot_training_curves\n"
+        "rows = json.load(open(sys.argv[1]))\n"
+        "for _ in range(15): plot_training_curves(rows, sys.argv[2])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", script, str(tmp_path / "rows.json"), str(tmp_path / "plots")]
+    writers = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [writer.communicate(timeout=300)[1] for writer in writers]
+    assert [writer.returncode for writer in writers] == [0, 0], errors
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["entropy.png", "reward.png"]  # no temp left
