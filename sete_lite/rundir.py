@@ -261,9 +261,14 @@ class RunRecorder(TrainerCallback):
             return
         append_jsonl(self.run_dir.rollouts, self.trainer.rollout_log)
         self.trainer.rollout_log.clear()
-        if self.trainer.curriculum_stages is None:
-            return
         step = state.global_step
+        if self.trainer.curriculum_stages is None:
+            # Without a curriculum the run is one stage, which ends with it (the final adapter is saved
+            # by the command): the held-out evaluation after training still happens.
+            if step == state.max_steps and self.on_stage_end is not None:
+                self.on_stage_end(0)
+                write_plots(self.run_dir)
+            return
         stage = self.trainer.stage_of_step(step - 1)
         if step == state.max_steps or self.trainer.stage_of_step(step) != stage:
             save_adapter_atomically(model, self.run_dir.stage_adapter(stage), self.base_model)

@@ -57,7 +57,11 @@ class RunConfig:
     eval_before_training: bool = setting(
         False, "evaluate the base policy on the `eval_benchmarks` into `D/eval/before`"
     )
-    eval_at_stage_end: bool = setting(False, "evaluate after each curriculum stage into `D/eval/stage-K`")
+    eval_at_stage_end: bool = setting(
+        False,
+        "evaluate after each curriculum stage into `D/eval/stage-K` (`curriculum: false`: once, at the end, as "
+        "stage 0)",
+    )
 
 
 class TrainConfigs(NamedTuple):

@@ -17,7 +17,7 @@ from support_configs import write_config
 
 from sete_lite.atomic import read_jsonl
 from sete_lite.model import ModelConfig, load_policy
-from sete_lite.rundir import training_rows
+from sete_lite.rundir import RunDir, training_rows
 from sete_lite.train import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -292,3 +292,19 @@ def test_two_writers_of_the_same_plots_at_once_both_succeed(tmp_path: Path) -> N
     errors = [writer.communicate(timeout=300)[1] for writer in writers]
     assert [writer.returncode for writer in writers] == [0, 0], errors
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["entropy.png", "reward.png"]  # no temp left
+
+
+def test_a_run_without_curriculum_is_evaluated_after_training(tmp_path, tiny_model_dir):
+    """curriculum: false is one stage: eval_at_stage_end evaluates once, when the run ends (it used to
+    evaluate never, leaving a GRPO baseline run with no held-out result after training)."""
+    heldout = str(REPO / "data" / "champ_math.jsonl")
+    evaluation = dict(eval_at_stage_end=True, eval_benchmarks=[heldout], eval_num_samples=2, eval_k=[1, 2])
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, curriculum=False, num_train_epochs=1, eval_max_problems=3,
+        eval_max_tokens=8, **evaluation,
+    )  # fmt: skip
+    main(["--config", str(config), "--output-dir", str(tmp_path / "run")])
+    logged = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    last = max(row["step"] for row in training_rows(logged))
+    assert [row["step"] for row in logged if "eval_average/avg" in row] == [last]
+    assert [name for name, _ in RunDir(tmp_path / "run").evaluations()] == ["stage-0"]
