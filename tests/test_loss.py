@@ -217,6 +217,26 @@ def test_baselines_match_reference(cfg, seed):
     compare(cfg, seed)
 
 
+def test_clip_covs_clip_ratio_acts_only_off_policy():
+    """The evidence for keeping clip_cov's epsilon at TRL's 0.2 against the released recipes' 1.0: with one
+    optimizer step per rollout batch (sete_lite's and TRL's default) the ratio is exactly 1, nothing is
+    clipped, and the two give the same gradient to the last bit; they differ only off-policy
+    (steps_per_generation or num_iterations > 1), where `epsilon: 1.0` reproduces the recipes."""
+    logp, old, _, adv, ent, mask = random_batch(7, batch=6, length=20)
+    adv, logp = adv * 4, logp * 2  # a good share of tokens inside the covariance band, as above
+
+    def gradient(epsilon: float, old_logp: torch.Tensor) -> torch.Tensor:
+        cfg = LossConfig(mode="clip_cov", clip_cov_ratio=0.2, clip_cov_lb=0.1, clip_cov_ub=3.0, epsilon=epsilon)
+        leaf = logp.clone().requires_grad_()
+        loss, _ = policy_loss(leaf, old_logp, None, adv, ent, mask, cfg, generator=torch.Generator().manual_seed(11))
+        loss.backward()
+        return leaf.grad
+
+    on_policy = logp.detach()  # TRL's old log-probs when each batch is used once
+    assert torch.equal(gradient(0.2, on_policy), gradient(1.0, on_policy))
+    assert not torch.equal(gradient(0.2, old), gradient(1.0, old))  # off-policy: the clip ratio matters
+
+
 def test_clip_cov_matches_reference_with_the_same_random_draw():
     logp, old, _, adv, ent, mask = random_batch(7, batch=6, length=20)
     # Scale so that a good share of tokens fall inside the (lb, ub) covariance band.
