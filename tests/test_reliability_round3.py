@@ -28,22 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def importable_test_rewards(monkeypatch):
-    monkeypatch.syspath_prepend(str(TESTS))
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """load_policy raises: a check that passes must have run before any model was loaded."""
-    import sete_lite.model
-
-    def must_not_load(*args, **kwargs):
-        raise AssertionError("the model was loaded before the bad input was refused")
-
-    monkeypatch.setattr(sete_lite.model, "load_policy", must_not_load)
-
-
 def cli(module: str, *args: str, **popen) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "OMP_NUM_THREADS": "1"}
     env.pop("SETE_LITE_DEBUG", None)

@@ -49,11 +49,6 @@ def token_logprobs(model, tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
 
 
-@pytest.fixture(autouse=True)
-def importable_test_rewards(monkeypatch):
-    monkeypatch.syspath_prepend(str(TESTS))
-
-
 def test_end_to_end_two_stages(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     heldout = str(REPO / "data" / "champ_math.jsonl")

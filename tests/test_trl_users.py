@@ -16,21 +16,6 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def importable_test_rewards(monkeypatch):
-    monkeypatch.syspath_prepend(str(TESTS))
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    import sete_lite.model
-
-    def must_not_load(*args, **kwargs):
-        raise AssertionError("the model was loaded before the bad input was refused")
-
-    monkeypatch.setattr(sete_lite.model, "load_policy", must_not_load)
-
-
 def test_every_config_key_is_a_flag_as_in_trl_scripts():
     flags = ["--output_dir", "runs/x", "--learning_rate", "1e-4", "--gradient-checkpointing", "--eval_k", "1", "4"]
     args = parse_args([*flags, "--report_to=none", "--set", "seed=3"])
