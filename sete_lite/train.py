@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     import_unsloth_first(read_values(config_path, overrides))  # before TRL is imported to parse the config
     configs = parse_train_config(config_path, overrides)
     # The run's README and model card repeat the command: the config and every override but the output dir.
-    config_source = shlex.join([str(config_path), *(arg for key in args.set for arg in ("--set", key))])
+    # (TRL's --output_dir arrives among the overrides: the README's commands give --output-dir themselves.)
+    chosen = [override for override in args.set if not override.startswith("output_dir=")]
+    config_source = shlex.join([str(config_path), *(arg for override in chosen for arg in ("--set", override))])
     summary, _ = run(
         configs, resume=args.resume, config_source=config_source, allow_config_change=args.allow_config_change
     )

@@ -152,6 +152,9 @@ def test_a_trained_run_pushes_its_adapter_and_card_and_exports_push_theirs(tmp_p
     assert card.startswith("---\nlibrary_name: peft\n")  # a local base: no base_model entry
     assert "## Held-out evaluation" in card and "### stage-1" in card and "python -m sete_lite.train" in card
     assert f"--set model_name_or_path={base}" in card  # the command as given, overrides included
+    assert "output_dir" not in card  # given as --output_dir, it is not repeated as a --set beside --output-dir
+    resume = next(line for line in (run / "README.md").read_text().splitlines() if "--resume" in line)
+    assert resume.count("--output-dir") == 1 and "output_dir=" not in resume
     assert "on `my-base`" in card and f"`{base}`" not in card  # the base as adapter_config.json names it
 
     out = export(run / "adapter", tmp_path / "merged", "merged_16bit", dtype="float32", push_to_hub="me/smoke-merged")
