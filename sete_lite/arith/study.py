@@ -42,11 +42,11 @@ import statistics
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from sete_lite.arith import DEFAULT_CONFIG, SUMS_CONFIG
+from sete_lite.arith import DEFAULT_CONFIG, SMOLLM2_CONFIG, SUMS_CONFIG
 from sete_lite.atomic import write_text
 
 # The methods of the paper's comparison (docs/method.md, section 4) as config overrides of the default run.
@@ -110,6 +110,12 @@ SUMS_SWEEP: dict[str, dict[str, Any]] = {
     }
     for kappa, beta_low, beta_high, rho in SUMS_SWEEP_POINTS
 }
+# On SmolLM2-135M-Instruct (builtin:smollm2-cpu, docs/results/smollm2_entropy.md): GRPO, SENT at its
+# defaults and at the sums study's choice (rho 0.95, KL scale 10x), the curriculum alone and Clip-Cov.
+SMOLLM2_METHODS: dict[str, dict[str, Any]] = {
+    **{name: METHODS[name] for name in ("grpo", "sent", "curriculum_only", "clip_cov")},
+    "sent_k0.002_bl0.1_bh0.4_rho0.95": SUMS_SWEEP["sent_k0.002_bl0.1_bh0.4_rho0.95"],
+}
 # Every run name the studies know, with its overrides (a name means the same settings in every study).
 ALL_RUNS: dict[str, dict[str, Any]] = {**METHODS, **SWEEP, **SUMS_METHODS, **SUMS_SWEEP}
 TRAJECTORY_PROBLEMS = 32  # the held-out entropy trajectory: the first 32 held-out problems ...
@@ -120,11 +126,15 @@ LOW_ENTROPY_QUANTILE = 0.8  # T_low = the lowest 80% of tokens by entropy, as in
 
 
 def study_runs(config: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(methods, sweep) of the study of a config: the sums task's, or the arithmetic task's for any other."""
+    """(methods, sweep) of the study of a config: the sums task's, SmolLM2's (no sweep), or the arithmetic
+    task's for any other."""
     from sete_lite.builtins import resolve_builtin
 
-    if Path(resolve_builtin(str(config))).resolve() == SUMS_CONFIG.resolve():
+    path = Path(resolve_builtin(str(config))).resolve()
+    if path == SUMS_CONFIG.resolve():
         return SUMS_METHODS, SUMS_SWEEP
+    if path == SMOLLM2_CONFIG.resolve():
+        return SMOLLM2_METHODS, {}
     return METHODS, SWEEP
 
 
@@ -149,42 +159,58 @@ def eval_settings(config: str | Path) -> dict[str, Any]:
 # One run
 
 
+class SampleTokens(NamedTuple):
+    """One held-out sample's completion as the policy scored it (policy_statistics)."""
+
+    ids: list[int]
+    entropy: torch.Tensor
+    logp: torch.Tensor
+
+
 @torch.no_grad()
 def policy_statistics(
-    model: Any, tokenizer: Any, samples: list[dict], prompts: dict[str, str], per_sample: list | None = None
+    model: Any,
+    tokenizer: Any,
+    samples: list[dict],
+    prompts: dict[str, str],
+    per_sample: list[SampleTokens] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
     """Entropy, low-entropy-set entropy, KL(pi || ref) and length over sampled held-out completions,
-    computed as the trainer computes them (sete_lite.logprobs.completion_logprobs; the reference =
-    the adapters switched off).
+    computed as the trainer computes them (sete_lite.logprobs.completion_logprobs at the sampling
+    `temperature`; the reference = the adapters switched off).
 
-    The completions are re-tokenized from their text (the character-level tokenizer round-trips
-    exactly) plus the EOS that ended them. `per_sample`, when given, receives each sample's token
-    entropies (a tensor, empty for an empty completion), in the order of `samples`.
+    `prompts` are the prompts as the policy saw them (chat template applied). The completions are
+    re-tokenized from their text plus the EOS that ended them: exact for the character-level tokenizer;
+    for a BPE tokenizer `retokenized_exact` is the share of samples whose re-tokenization has the sampled
+    token count. `per_sample`, when given, receives each sample's tokens, in the order of `samples`.
     """
     from sete_lite.logprobs import completion_logprobs
     from sete_lite.rollout import adapters, encode_prompts
 
-    entropies, log_ratios, lengths = [], [], []
+    entropies, log_ratios, lengths, exact = [], [], [], 0
     prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, list(prompts.values())), strict=True))  # once per problem
     model.eval()
     for start in range(0, len(samples), 32):
-        rows, completion_lengths = [], []
+        rows, completions = [], []
         for s in samples[start : start + 32]:
             completion = tokenizer(s["text"], add_special_tokens=False)["input_ids"]
             if s["finish_reason"] == "stop":
                 completion.append(tokenizer.eos_token_id)
+            exact += len(completion) == s["num_tokens"]
             rows.append(prompt_ids[s["id"]] + completion)
-            completion_lengths.append(len(completion))
+            completions.append(completion)
         # Left-padded, so every completion ends the row, as in the trainer's batches.
-        width, k = max(map(len, rows)), max(completion_lengths)
+        width, k = max(map(len, rows)), max(map(len, completions))
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        logp, entropy = completion_logprobs(model, ids, mask, k)
+        logp, entropy = completion_logprobs(model, ids, mask, k, temperature=temperature)
         with adapters(model, False):
-            ref, _ = completion_logprobs(model, ids, mask, k)
-        for row, n in enumerate(completion_lengths):
+            ref, _ = completion_logprobs(model, ids, mask, k, temperature=temperature)
+        for row, completion in enumerate(completions):
+            n = len(completion)
             if per_sample is not None:
-                per_sample.append(entropy[row, k - n :] if n else entropy[row, :0])
+                per_sample.append(SampleTokens(completion, entropy[row, k - n :], logp[row, k - n :]))
             if n:
                 entropies.append(entropy[row, k - n :])
                 log_ratios.append(logp[row, k - n :] - ref[row, k - n :])
@@ -196,7 +222,93 @@ def policy_statistics(
         "entropy_low": low.mean().item(),
         "kl_ref": torch.cat(log_ratios).mean().item(),
         "length": statistics.fmean(lengths),
+        "retokenized_exact": exact / len(samples),
     }
+
+
+TOKEN_KINDS = ("answer", "number", "operator", "word", "other")
+
+
+def token_kind(piece: str, in_answer: bool) -> str:
+    """What a completion token is, for the token-set tables: the final answer's digits, other numbers,
+    operators, words, or the rest (spaces, punctuation, end of turn)."""
+    text = piece.strip()
+    if any(c.isdigit() for c in text):
+        return "answer" if in_answer else "number"
+    if text and all(c in "+-=*/×÷−" for c in text):
+        return "operator"
+    if any(c.isalpha() for c in text):
+        return "word"
+    return "other"
+
+
+def group_advantages(samples: list[dict]) -> list[float]:
+    """Each sample's GRPO advantage from its correctness: (r - group mean) / (group std + 1e-4), the group
+    being the samples of its problem (TRL's scale_rewards="group")."""
+    groups: dict[str, list[float]] = {}
+    for sample in samples:
+        groups.setdefault(sample["id"], []).append(float(sample["correct"]))
+    stats = {key: (statistics.fmean(r), statistics.stdev(r) if len(r) > 1 else 0.0) for key, r in groups.items()}
+    return [(float(s["correct"]) - stats[s["id"]][0]) / (stats[s["id"]][1] + 1e-4) for s in samples]
+
+
+def token_sets(
+    tokenizer: Any, samples: list[dict], tokens: list[SampleTokens], loss: Any, examples: int = 6
+) -> dict[str, Any]:
+    """SENT's token sets on held-out samples, chosen by the loss's own rules (sete_lite.loss) as if the
+    samples were a training batch: T_low, the lowest-entropy `low_entropy_quantile` of the tokens; T_hc,
+    its top `high_cov_ratio` by the covariance of log-prob and advantage (the advantage from each sample's
+    correctness within its problem's group); the rest, the high-entropy tokens SENT leaves free.
+
+    For each set (T_hc, T_low without T_hc, free): its size, mean entropy, the share of each token_kind
+    and its most frequent tokens; then `examples` samples holding T_hc tokens, rendered with T_hc tokens
+    as «token» and free ones as ⟨token⟩."""
+    import re
+
+    from sete_lite.loss import centered_covariance, count_of, select_extreme
+
+    advantages = group_advantages(samples)
+    entropy = torch.cat([t.entropy for t in tokens])
+    logp = torch.cat([t.logp for t in tokens])
+    advantage = torch.cat([torch.full((len(t.ids),), a) for t, a in zip(tokens, advantages, strict=True)])
+    every = torch.ones_like(entropy, dtype=torch.bool)
+    low = select_extreme(entropy, every, count_of(loss.low_entropy_quantile, len(entropy)), False, tiebreak=logp)
+    cov = centered_covariance(logp, advantage, low)
+    high_cov = select_extreme(cov, low, count_of(loss.high_cov_ratio, int(low.sum())), True, tiebreak=entropy)
+    membership = torch.where(high_cov, 0, torch.where(low, 1, 2)).tolist()
+    names = ("T_hc", "T_low without T_hc", "free (not in T_low)")
+
+    pieces, kinds, special = [], [], set(tokenizer.all_special_ids)
+    for sample, t in zip(samples, tokens, strict=True):
+        numbers = list(re.finditer(r"\d+", sample["text"]))
+        answer = numbers[-1].span() if numbers else (0, 0)
+        for position, token in enumerate(t.ids):
+            piece = tokenizer.decode([token])
+            end = len(tokenizer.decode(t.ids[: position + 1], skip_special_tokens=True))
+            pieces.append(piece)
+            in_answer = end - len(piece.strip()) < answer[1] and end > answer[0]
+            kinds.append("other" if token in special else token_kind(piece, in_answer))
+    sets: dict[str, Any] = {}
+    for index, name in enumerate(names):
+        chosen = [i for i, m in enumerate(membership) if m == index]
+        counts: dict[str, int] = {}
+        for i in chosen:
+            counts[pieces[i]] = counts.get(pieces[i], 0) + 1
+        sets[name] = {
+            "tokens": len(chosen),
+            "entropy": statistics.fmean(entropy[i].item() for i in chosen) if chosen else None,
+            "kinds": {kind: sum(kinds[i] == kind for i in chosen) / max(1, len(chosen)) for kind in TOKEN_KINDS},
+            "top_tokens": sorted(counts.items(), key=lambda item: -item[1])[:12],
+        }
+    rendered, offset = [], 0
+    for sample, t in zip(samples, tokens, strict=True):
+        marks = membership[offset : offset + len(t.ids)]
+        if 0 in marks and len(rendered) < examples:
+            parts = [pieces[offset + i] for i in range(len(t.ids))]
+            wrapped = [f"«{p}»" if m == 0 else f"⟨{p}⟩" if m == 2 else p for p, m in zip(parts, marks, strict=True)]
+            rendered.append({"correct": bool(sample["correct"]), "text": "".join(wrapped)})
+        offset += len(t.ids)
+    return {"sets": sets, "examples": rendered}
 
 
 def load_trained(settings: list[str], adapter: Path | None, config: str | Path = DEFAULT_CONFIG) -> tuple[Any, Any]:
@@ -267,40 +379,55 @@ def measure(
     tokenizer: Any,
     seed: int,
     config: str | Path = DEFAULT_CONFIG,
+    settings: list[str] | None = None,
     *,
     num_samples: int | None = None,
     max_problems: int | None = None,
-) -> dict[str, float]:
-    """Held-out Avg@n / Pass@k (the config's split, n and k) and the policy statistics of one policy
-    (`num_samples` / `max_problems` shrink the measurement, for the trajectory)."""
-    from sete_lite.arith.task import heldout_accuracy
+) -> dict[str, Any]:
+    """Held-out Avg@n / Pass@k and the policy statistics of one policy, sampled as the config evaluates
+    (its first `eval_benchmarks` entry, n, k, temperature, top_p, prompt and chat template, answer
+    extraction); `num_samples` / `max_problems` shrink the measurement, for the trajectory. A full
+    measurement also holds SENT's token sets on the samples (token_sets, with the `settings`' loss)."""
+    from sete_lite.eval import benchmark_prompts, evaluate, load_benchmarks
     from sete_lite.rollout import TransformersEngine
+    from sete_lite.train import parse_train_config
 
-    settings = eval_settings(config)
-    n = num_samples or settings["num_samples"]
-    heldout = heldout_accuracy(
+    configs = parse_train_config(config, settings or [])
+    n = num_samples or configs.eval.eval_num_samples
+    cfg = dataclasses.replace(
+        configs.eval,
+        eval_benchmarks=configs.eval.eval_benchmarks[:1],
+        eval_num_samples=n,
+        eval_k=sorted({1, n, *(k for k in configs.eval.eval_k if k <= n)}),
+        eval_max_problems=max_problems or configs.eval.eval_max_problems,
+        eval_save_texts=True,
+    )
+    benchmarks = benchmark_prompts(load_benchmarks(cfg), tokenizer, cfg)
+    heldout = evaluate(
         TransformersEngine(model, tokenizer),
-        settings["path"],
-        num_samples=n,
-        max_tokens=settings["max_tokens"],
-        max_problems=max_problems,
+        benchmarks,
+        cfg,
         seed=seed,
-        save_texts=True,
+        answer_timeout_s=configs.shared.answer_timeout_s,
+        answer_extraction=configs.shared.answer_extraction,
         progress=False,
     )
-    entropies: list = []
-    stats = policy_statistics(model, tokenizer, heldout["samples"], heldout["prompts"], entropies)
-    passes = {f"pass@{k}": pass_at(heldout["samples"], k) for k in settings["k"] if k <= n}
+    samples, prompts = heldout["samples"], {r["id"]: r["prompt"] for r in next(iter(benchmarks.values()))}
+    tokens: list[SampleTokens] = []
+    stats = policy_statistics(model, tokenizer, samples, prompts, tokens, cfg.eval_temperature)
+    passes = {f"pass@{k}": pass_at(samples, k) for k in cfg.eval_k}
+    sets = {} if max_problems else {"token_sets": token_sets(tokenizer, samples, tokens, configs.train)}
     return {
-        f"avg@{n}": heldout["avg"],
+        f"avg@{n}": heldout["average"]["avg"],
         **passes,
         **stats,
-        **path_statistics(heldout["samples"], heldout["prompts"], entropies),
+        **path_statistics(samples, prompts, [t.entropy for t in tokens]),
+        **sets,
     }
 
 
 def heldout_trajectory(
-    run_dir: Path, model: Any, tokenizer: Any, seed: int, config: str | Path
+    run_dir: Path, model: Any, tokenizer: Any, seed: int, config: str | Path, settings: list[str]
 ) -> dict[str, list[float]]:
     """Held-out entropy and accuracy at step 0 and at each checkpoint the run kept, on
     TRAJECTORY_PROBLEMS problems x TRAJECTORY_SAMPLES samples. `model` must come with a fresh adapter
@@ -314,7 +441,7 @@ def heldout_trajectory(
         if checkpoint is not None:
             load_adapter_weights(model, str(checkpoint))
         measured = measure(
-            model, tokenizer, seed, config, num_samples=TRAJECTORY_SAMPLES, max_problems=TRAJECTORY_PROBLEMS
+            model, tokenizer, seed, config, settings, num_samples=TRAJECTORY_SAMPLES, max_problems=TRAJECTORY_PROBLEMS
         )
         curve["step"].append(step)
         curve["avg"].append(measured[f"avg@{TRAJECTORY_SAMPLES}"])
@@ -377,20 +504,23 @@ def run_one(
     settings = [f"{k}={v}" for k, v in overrides.items()] + [f"seed={seed}", *extra]
     if trajectory_every:
         settings += [f"save_steps={trajectory_every}", "save_total_limit=1000"]
-    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run restarts from scratch
     layout = RunDir(run_dir)
-    shutil.copytree(out / "se_scores" / f"seed{seed}", layout.se_scores)
+    if not layout.se_scores.exists():
+        shutil.copytree(out / "se_scores" / f"seed{seed}", layout.se_scores)
+    # An interrupted run resumes from its last checkpoint (a finished one trains no further step).
+    resume = ["--resume"] if layout.earlier_run() else []
     started = time.perf_counter()
-    with open(run_dir / "train.log", "w") as log, redirect_stdout(log), redirect_stderr(log):
+    with open(run_dir / "train.log", "a") as log, redirect_stdout(log), redirect_stderr(log):
         summary = train(
-            ["--config", str(config), "--output-dir", str(run_dir), *(a for s in settings for a in ("--set", s))]
+            ["--config", str(config), "--output-dir", str(run_dir), *resume]
+            + [a for s in settings for a in ("--set", s)]
         )
         model, tokenizer = load_trained(settings, layout.adapter, config)
-        measured = measure(model, tokenizer, seed, config)
+        measured = measure(model, tokenizer, seed, config, settings)
         trajectory = None
         if trajectory_every:
             fresh, tokenizer = load_trained(settings, None, config)
-            trajectory = heldout_trajectory(run_dir, fresh, tokenizer, seed, config)
+            trajectory = heldout_trajectory(run_dir, fresh, tokenizer, seed, config, settings)
     rows = training_rows(read_jsonl(layout.metrics))
     result = {
         "method": name,
@@ -423,7 +553,8 @@ def base_result(
     if path.exists():
         return json.loads(path.read_text())
     model, tokenizer = load_trained(settings, None, config)
-    result = {"method": "base", "runs": [{"seed": seed, **measure(model, tokenizer, seed, config)} for seed in seeds]}
+    runs = [{"seed": seed, **measure(model, tokenizer, seed, config, settings)} for seed in seeds]
+    result = {"method": "base", "runs": runs}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(result, indent=1) + "\n")
     return result
