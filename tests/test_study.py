@@ -23,6 +23,7 @@ from sete_lite.arith.study import (
     report,
     study_runs,
     token_kind,
+    token_set_report,
     token_sets,
 )
 from sete_lite.arith.tiny import randomize_lora
@@ -228,3 +229,21 @@ def test_measure_samples_as_the_eval_command_does_on_the_real_model(smollm2_dir,
     assert total == sum(len(ids) + (s["finish_reason"] == "stop") for ids, s in zip(sampled, samples, strict=True))
     assert sets["free (not in T_low)"]["tokens"] == total - math.floor(0.8 * total)
     assert sets["free (not in T_low)"]["entropy"] > sets["T_low without T_hc"]["entropy"]
+
+
+def test_token_set_report_by_hand():
+    def sets(low: int, high: int, free: int) -> dict:
+        kinds = {"answer": 0.5, "number": 0.5, "operator": 0.0, "word": 0.0, "other": 0.0}
+        return {"sets": {
+            "T_hc": {"tokens": high, "entropy": 0.2, "kinds": kinds, "top_tokens": [["12", 2]]},
+            "T_low without T_hc": {"tokens": low, "entropy": 0.01, "kinds": kinds, "top_tokens": [[" |", 3]]},
+            "free (not in T_low)": {"tokens": free, "entropy": 1.0, "kinds": kinds, "top_tokens": [[" 7", 1]]}},
+            "examples": [{"correct": True, "text": "7 + 5 = «12»\n"}]}  # fmt: skip
+
+    base = {"runs": [{"seed": 0, "token_sets": sets(7, 1, 2)}]}
+    results = {"grpo": [{"seed": 0, "token_sets": sets(15, 1, 4)}, {"seed": 1, "token_sets": sets(7, 1, 2)}]}
+    text = token_set_report(results, base)
+    assert "| base (no RL) | T_hc | 10.0 | 0.200 | 50 | 50 | 0 | 0 | 0 |" in text
+    assert "| grpo | free (not in T_low) | 20.0 | 1.000 |" in text  # (4/20 + 2/10) / 2
+    assert "| grpo | T_hc | 7.5 |" in text  # (1/20 + 1/10) / 2
+    assert "`' \\|'` 3" in text and "[correct] 7 + 5 = «12»⏎" in text  # a pipe cannot break the table

@@ -764,6 +764,43 @@ def stage_dip(results: dict[str, list[dict[str, Any]]], switch: int, window: int
     return "\n".join(lines) + "\n"
 
 
+def token_set_report(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None, examples: int = 3) -> str:
+    """SENT's token sets on the held-out samples (token_sets), as markdown: per policy and set, its share
+    of the tokens, mean entropy and token kinds (mean over seeds); then, for the first seed, each set's
+    most frequent tokens and `examples` samples with T_hc tokens «marked» and free ones ⟨marked⟩."""
+    rows = ([("base (no RL)", base["runs"])] if base else []) + [(name, runs) for name, runs in results.items() if runs]
+    rows = [(name, runs) for name, runs in rows if "token_sets" in runs[0]]
+    if not rows:
+        return ""
+    header = ["policy", "set", "share of tokens (%)", "mean entropy (nats)", *(f"{kind} (%)" for kind in TOKEN_KINDS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, runs in rows:
+        for set_name in runs[0]["token_sets"]["sets"]:
+            entries = [run["token_sets"]["sets"][set_name] for run in runs]
+            totals = [sum(entry["tokens"] for entry in run["token_sets"]["sets"].values()) for run in runs]
+            entropies = [entry["entropy"] for entry in entries if entry["entropy"] is not None]
+            cells = [
+                name,
+                set_name,
+                f"{100 * statistics.fmean(e['tokens'] / t for e, t in zip(entries, totals, strict=True)):.1f}",
+                f"{statistics.fmean(entropies):.3f}" if entropies else "",
+                *(f"{100 * statistics.fmean(e['kinds'][kind] for e in entries):.0f}" for kind in TOKEN_KINDS),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    for name, runs in rows:
+        first = runs[0]
+        lines += ["", f"### {name}, seed {first['seed']}", ""]
+        for set_name, entry in first["token_sets"]["sets"].items():
+            tokens = ", ".join(f"`{token!r}` {count}" for token, count in entry["top_tokens"][:8])
+            lines.append(f"- {set_name}: {tokens}".replace("|", "\\|"))
+        shown = first["token_sets"]["examples"][:examples]
+        if shown:
+            lines += ["", "```text"] + [
+                f"[{'correct' if e['correct'] else 'wrong'}] " + e["text"].replace("\n", "⏎") for e in shown
+            ] + ["```"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def pass_at_k_table(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None) -> str:
     """A markdown table of Pass@k (%) for every k measured, mean ± std over seeds, base first."""
     rows = ([("base (no RL)", base["runs"])] if base else []) + [(name, runs) for name, runs in results.items() if runs]
@@ -871,6 +908,7 @@ def plot_entropy_bands(
 def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> str:
     """Write table.md, sweep.md, summary.json and curves PNGs in `out` from the result files (for a
     study with held-out trajectories also paired.md, stage_dip.md, pass_at_k.md, entropy_bands.png, pass_at_k.png,
+    token_sets.md (where the runs measured SENT's token sets),
     and sweep_paired.md once a sweep point has run)."""
     study_methods, study_sweep = study_runs(config)
     base_path = out / "base" / "result.json"
@@ -904,6 +942,8 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
         plot_entropy_bands(sweep, base, out / "sweep_entropy_bands.png", switches)
         plot_pass_at_k(methods, base, out / "pass_at_k.png")
         write_text(out / "pass_at_k.md", pass_at_k_table(methods, base))
+        if token_text := token_set_report(methods, base):
+            write_text(out / "token_sets.md", token_text)
         if any(sweep.values()):
             # A sweep point against the default coefficients and against GRPO, seed by seed: the evidence a
             # change of LossConfig's defaults needs.
