@@ -231,15 +231,18 @@ def test_measure_samples_as_the_eval_command_does_on_the_real_model(smollm2_dir,
     assert sets["free (not in T_low)"]["entropy"] > sets["T_low without T_hc"]["entropy"]
 
 
-def test_token_set_report_by_hand():
-    def sets(low: int, high: int, free: int) -> dict:
-        kinds = {"answer": 0.5, "number": 0.5, "operator": 0.0, "word": 0.0, "other": 0.0}
-        return {"sets": {
-            "T_hc": {"tokens": high, "entropy": 0.2, "kinds": kinds, "top_tokens": [["12", 2]]},
-            "T_low without T_hc": {"tokens": low, "entropy": 0.01, "kinds": kinds, "top_tokens": [[" |", 3]]},
-            "free (not in T_low)": {"tokens": free, "entropy": 1.0, "kinds": kinds, "top_tokens": [[" 7", 1]]}},
-            "examples": [{"correct": True, "text": "7 + 5 = «12»\n"}]}  # fmt: skip
+def token_set_result(low: int, high: int, free: int) -> dict:
+    """token_sets of a result with these set sizes (kinds, entropies and tokens made up)."""
+    kinds = {"answer": 0.5, "number": 0.5, "operator": 0.0, "word": 0.0, "other": 0.0}
+    return {"sets": {
+        "T_hc": {"tokens": high, "entropy": 0.2, "kinds": kinds, "top_tokens": [["12", 2]]},
+        "T_low without T_hc": {"tokens": low, "entropy": 0.01, "kinds": kinds, "top_tokens": [[" |", 3]]},
+        "free (not in T_low)": {"tokens": free, "entropy": 1.0, "kinds": kinds, "top_tokens": [[" 7", 1]]}},
+        "examples": [{"correct": True, "text": "7 + 5 = «12»\n"}]}  # fmt: skip
 
+
+def test_token_set_report_by_hand():
+    sets = token_set_result
     base = {"runs": [{"seed": 0, "token_sets": sets(7, 1, 2)}]}
     results = {"grpo": [{"seed": 0, "token_sets": sets(15, 1, 4)}, {"seed": 1, "token_sets": sets(7, 1, 2)}]}
     text = token_set_report(results, base)
@@ -247,3 +250,15 @@ def test_token_set_report_by_hand():
     assert "| grpo | free (not in T_low) | 20.0 | 1.000 |" in text  # (4/20 + 2/10) / 2
     assert "| grpo | T_hc | 7.5 |" in text  # (1/20 + 1/10) / 2
     assert "`' \\|'` 3" in text and "[correct] 7 + 5 = «12»⏎" in text  # a pipe cannot break the table
+
+
+def test_the_smollm2_report_has_no_sweep_and_shows_token_sets_and_paired_differences(tmp_path):
+    for method, avg in [("grpo", 0.5), ("sent", 0.6)]:
+        path = tmp_path / "runs" / method / "seed0" / "result.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({**fake_result(method, 0, avg), "token_sets": token_set_result(7, 1, 2)}))
+    text = report(tmp_path, [0], "builtin:smollm2-cpu")
+    assert "sweep" not in text and not (tmp_path / "sweep.md").exists()
+    assert "| sent | 0 | +10.0 [+10.0] |" in (tmp_path / "paired.md").read_text()
+    assert "| sent | T_hc | 10.0 |" in (tmp_path / "token_sets.md").read_text()
+    assert (tmp_path / "pass_at_k.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "entropy_bands.png").exists()

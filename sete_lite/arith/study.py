@@ -906,10 +906,10 @@ def plot_entropy_bands(
 
 
 def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> str:
-    """Write table.md, sweep.md, summary.json and curves PNGs in `out` from the result files (for a
-    study with held-out trajectories also paired.md, stage_dip.md, pass_at_k.md, entropy_bands.png, pass_at_k.png,
-    token_sets.md (where the runs measured SENT's token sets),
-    and sweep_paired.md once a sweep point has run)."""
+    """Write table.md, sweep.md (a study with a sweep), summary.json and curves PNGs in `out` from the
+    result files; for a study whose runs measured held-out trajectories or SENT's token sets also
+    paired.md, stage_dip.md, pass_at_k.md, pass_at_k.png, entropy_bands.png (trajectories), token_sets.md
+    (token sets) and sweep_paired.md once a sweep point has run."""
     study_methods, study_sweep = study_runs(config)
     base_path = out / "base" / "result.json"
     base = json.loads(base_path.read_text()) if base_path.exists() else None
@@ -918,16 +918,19 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
     text = table(methods, base)
     sweep_text = table(sweep, None)
     write_text(out / "table.md", text)
-    write_text(out / "sweep.md", sweep_text)
+    if study_sweep:
+        write_text(out / "sweep.md", sweep_text)
     switches = stage_switches(methods, config)
     plot_curves(methods, out / "curves.png", switches)
     # Training batches differ in difficulty between curriculum and shuffled runs: compare within each group.
     for group, curriculum in (("curriculum", True), ("shuffled", False)):
         runs = {name: r for name, r in methods.items() if study_methods[name]["curriculum"] is curriculum}
         plot_curves(runs, out / f"curves_{group}.png", stage_switches(runs, config) if curriculum else [])
-    plot_curves(sweep, out / "sweep_curves.png", stage_switches(sweep, config))
+    if study_sweep:
+        plot_curves(sweep, out / "sweep_curves.png", stage_switches(sweep, config))
     extra = ""
-    if any(runs and "heldout_curve" in runs[0] for runs in methods.values()):
+    trajectories = any(runs and "heldout_curve" in runs[0] for runs in methods.values())
+    if trajectories or any(runs and "token_sets" in runs[0] for runs in methods.values()):
         # The methods with 2 optimizer steps per rollout batch also against GRPO with the same 2 steps.
         two_steps = {name: runs for name, runs in methods.items() if ALL_RUNS[name].get("steps_per_generation") == 2}
         paired = "\n".join(
@@ -938,8 +941,9 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
         write_text(out / "paired.md", paired)
         write_text(out / "stage_dip.md", dip)
         extra = "\n" + paired + "\ntraining entropy around the stage switch\n" + dip
-        plot_entropy_bands(methods, base, out / "entropy_bands.png", switches)
-        plot_entropy_bands(sweep, base, out / "sweep_entropy_bands.png", switches)
+        if trajectories:
+            plot_entropy_bands(methods, base, out / "entropy_bands.png", switches)
+            plot_entropy_bands(sweep, base, out / "sweep_entropy_bands.png", switches)
         plot_pass_at_k(methods, base, out / "pass_at_k.png")
         write_text(out / "pass_at_k.md", pass_at_k_table(methods, base))
         if token_text := token_set_report(methods, base):
@@ -959,7 +963,7 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
         if runs
     }
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return text + "\nsweep (SENT coefficients)\n" + sweep_text + extra
+    return text + ("\nsweep (SENT coefficients)\n" + sweep_text if study_sweep else "") + extra
 
 
 # ----------------------------------------------------------------------------------------------
