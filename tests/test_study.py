@@ -262,3 +262,4 @@ def test_the_smollm2_report_has_no_sweep_and_shows_token_sets_and_paired_differe
     assert "| sent | 0 | +10.0 [+10.0] |" in (tmp_path / "paired.md").read_text()
     assert "| sent | T_hc | 10.0 |" in (tmp_path / "token_sets.md").read_text()
     assert (tmp_path / "pass_at_k.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "entropy_bands.png").exists()
+    assert (tmp_path / "heldout.png").read_bytes()[:4] == b"\x89PNG"

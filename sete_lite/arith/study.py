@@ -659,7 +659,8 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path, stage_swit
     """Token entropy, low-entropy-set entropy and reward over training, one line per method.
 
     One step trains on 4 prompts, so the per-step curves are noisy: each line is the mean over seeds,
-    smoothed by a SMOOTHING-step trailing average. Dotted lines mark the curriculum's stage switches.
+    smoothed by a trailing average over SMOOTHING steps (a quarter of the run for a run shorter than
+    4 x SMOOTHING). Dotted lines mark the curriculum's stage switches.
     """
     import matplotlib
 
@@ -670,7 +671,10 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path, stage_swit
         ("entropy", "mean token entropy (nats)"),
         ("sent/entropy_low_mean", "entropy of the low-entropy set T_low (nats)"),
         ("reward", "mean reward (training batches)"),
+        ("completions/mean_length", "response length (tokens, training batches)"),
     ]
+    longest = max((len(runs[0]["curves"]["step"]) for runs in results.values() if runs), default=0)
+    window = max(1, min(SMOOTHING, longest // 4))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for name, runs in results.items():
@@ -679,7 +683,7 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path, stage_swit
             steps, values = mean_curve(runs, key)
             if steps:
                 linestyle = "-" if "sent" in name else "--"
-                ax.plot(steps, moving_average(values, SMOOTHING), label=name, linestyle=linestyle)
+                ax.plot(steps, moving_average(values, window), label=name, linestyle=linestyle)
         for step in stage_switches:
             ax.axvline(step, color="gray", linestyle=":", linewidth=1)
         ax.set_xlabel("optimizer step" + (" (dotted: curriculum stage switch)" if stage_switches else ""))
@@ -687,7 +691,7 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path, stage_swit
         ax.grid(alpha=0.3)
     if axes[0].lines:
         axes[0].legend(fontsize=8)
-    fig.suptitle(f"mean over seeds, {SMOOTHING}-step moving average")
+    fig.suptitle(f"mean over seeds, {window}-step moving average")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -815,14 +819,15 @@ def pass_at_k_table(results: dict[str, list[dict[str, Any]]], base: dict[str, An
 
 
 def plot_pass_at_k(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None, path: Path) -> Path:
-    """Pass@k against k (log scale) for the base, GRPO and SENT: mean over seeds, bars at min and max."""
+    """Pass@k against k (log scale) for the base, GRPO and SENT (and SENT at rho 0.95 where it is one of
+    the methods): mean over seeds, bars at min and max."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = ([("base (no RL)", base["runs"])] if base else []) + [
-        (name, results[name]) for name in ("grpo", "sent") if results.get(name)
+        (name, results[name]) for name in ("grpo", "sent", "sent_k0.002_bl0.1_bh0.4_rho0.95") if results.get(name)
     ]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, runs in groups:
@@ -844,6 +849,30 @@ def plot_pass_at_k(results: dict[str, list[dict[str, Any]]], base: dict[str, Any
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_heldout(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None, path: Path) -> Path:
+    """The held-out measurements side by side, one bar per policy (the base first): Avg@n, Pass@k at the
+    largest k, token entropy and KL to the reference; bars at the mean over seeds, dots at each seed."""
+    from sete_lite.plots import plt, save
+
+    groups = ([("base", base["runs"])] if base else []) + [(name, runs) for name, runs in results.items() if runs]
+    first = groups[0][1][0]
+    n, k = sample_count(first), largest_k(first)
+    panels = [(f"avg@{n}", 100, f"Avg@{n} (%)"), (f"pass@{k}", 100, f"Pass@{k} (%)"),
+              ("entropy", 1, "token entropy (nats)"), ("kl_ref", 1, "KL to the reference (nats / token)")]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5))
+    for ax, (key, scale, label) in zip(axes, panels, strict=True):
+        for x, (_, runs) in enumerate(groups):
+            values = [scale * r[key] for r in runs]
+            ax.bar(x, statistics.fmean(values), color="lightgray" if x == 0 and base else f"C{x}")
+            ax.plot([x] * len(values), values, "k.", markersize=5)
+        ax.set_xticks(range(len(groups)), [name for name, _ in groups], rotation=30, ha="right", fontsize=8)
+        ax.set_title(label)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("held-out split, after training: bars at the mean over seeds, dots at each seed")
+    fig.tight_layout()
+    return save(fig, path)
 
 
 def plot_entropy_bands(
@@ -908,7 +937,8 @@ def plot_entropy_bands(
 def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> str:
     """Write table.md, sweep.md (a study with a sweep), summary.json and curves PNGs in `out` from the
     result files; for a study whose runs measured held-out trajectories or SENT's token sets also
-    paired.md, stage_dip.md, pass_at_k.md, pass_at_k.png, entropy_bands.png (trajectories), token_sets.md
+    paired.md, stage_dip.md, pass_at_k.md, pass_at_k.png, heldout.png, entropy_bands.png (trajectories),
+    token_sets.md
     (token sets) and sweep_paired.md once a sweep point has run."""
     study_methods, study_sweep = study_runs(config)
     base_path = out / "base" / "result.json"
@@ -945,6 +975,7 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
             plot_entropy_bands(methods, base, out / "entropy_bands.png", switches)
             plot_entropy_bands(sweep, base, out / "sweep_entropy_bands.png", switches)
         plot_pass_at_k(methods, base, out / "pass_at_k.png")
+        plot_heldout(methods, base, out / "heldout.png")
         write_text(out / "pass_at_k.md", pass_at_k_table(methods, base))
         if token_text := token_set_report(methods, base):
             write_text(out / "token_sets.md", token_text)
