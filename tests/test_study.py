@@ -259,7 +259,12 @@ def test_the_smollm2_report_has_no_sweep_and_shows_token_sets_and_paired_differe
         path.write_text(json.dumps({**fake_result(method, 0, avg), "token_sets": token_set_result(7, 1, 2)}))
     text = report(tmp_path, [0], "builtin:smollm2-cpu")
     assert "sweep" not in text and not (tmp_path / "sweep.md").exists()
-    assert "| sent | 0 | +10.0 [+10.0] |" in (tmp_path / "paired.md").read_text()
+    base = {"method": "base", "runs": [{**fake_result("base", 0, 0.25), "token_sets": token_set_result(7, 1, 2)}]}
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "result.json").write_text(json.dumps(base))
+    text = report(tmp_path, [0], "builtin:smollm2-cpu")
+    paired = (tmp_path / "paired.md").read_text()
+    assert "| sent | 0 | +10.0 [+10.0] |" in paired and "| sent | 0 | +35.0 [+35.0] |" in paired  # minus grpo, base
     assert "| sent | T_hc | 10.0 |" in (tmp_path / "token_sets.md").read_text()
     assert (tmp_path / "pass_at_k.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "entropy_bands.png").exists()
     assert (tmp_path / "heldout.png").read_bytes()[:4] == b"\x89PNG"

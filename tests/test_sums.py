@@ -289,9 +289,12 @@ def test_the_sums_report_adds_paired_differences_and_its_plots(tmp_path):
     assert "| Avg@16 (%) | Pass@16 (%) |" in text and "entropy at forks" in text
     row = next(line for line in (tmp_path / "paired.md").read_text().splitlines() if line.startswith("| sent |"))
     assert row.split(" | ")[2:4] == ["+5.0, +10.0 [+7.5]", "+5.0, +10.0 [+7.5]"]  # Avg@16, Pass@16 points
-    # KL-Cov with 2 steps per batch also against GRPO with 2 steps (its last table).
-    kl_cov_row = [line for line in (tmp_path / "paired.md").read_text().splitlines() if "| kl_cov_2" in line][-1]
+    # KL-Cov with 2 steps per batch also against GRPO with 2 steps, and every method against the base.
+    tables = {t.split(",")[0]: t for t in (tmp_path / "paired.md").read_text().split("each method minus ")}
+    kl_cov_row = next(line for line in tables["grpo_2_steps_per_batch"].splitlines() if "| kl_cov_2" in line)
     assert kl_cov_row.split(" | ")[2] == "+5.0, -10.0 [-2.5]"
+    kl_cov_row = next(line for line in tables["base"].splitlines() if "| kl_cov_2" in line)
+    assert kl_cov_row.split(" | ")[2] == "+0.0, -5.0 [-2.5]"  # 0.55, 0.5 against the base's 0.55
     # The sweep point against SENT's defaults, then against GRPO, seed by seed.
     sweep_rows = [line for line in (tmp_path / "sweep_paired.md").read_text().splitlines() if "| sent_k0.2" in line]
     assert [row.split(" | ")[2] for row in sweep_rows] == ["+5.0, +0.0 [+2.5]", "+10.0, +10.0 [+10.0]"]

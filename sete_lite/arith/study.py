@@ -963,10 +963,13 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
     if trajectories or any(runs and "token_sets" in runs[0] for runs in methods.values()):
         # The methods with 2 optimizer steps per rollout batch also against GRPO with the same 2 steps.
         two_steps = {name: runs for name, runs in methods.items() if ALL_RUNS[name].get("steps_per_generation") == 2}
+        with_base = {"base": base["runs"], **methods} if base else {}
         paired = "\n".join(
             paired_differences(runs, reference)
-            for runs, reference in ((methods, "grpo"), (methods, "sent"), (two_steps, "grpo_2_steps_per_batch"))
-        )
+            for runs, reference in (
+                (methods, "grpo"), (methods, "sent"), (two_steps, "grpo_2_steps_per_batch"), (with_base, "base")
+            )
+        )  # fmt: skip
         dip = stage_dip({**methods, **sweep}, switches[0]) if switches else ""
         write_text(out / "paired.md", paired)
         write_text(out / "stage_dip.md", dip)
