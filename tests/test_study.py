@@ -198,7 +198,8 @@ def test_token_sets_follow_the_loss_rules_against_a_hand_reference(tiny_model_di
 
 def test_the_smollm2_study_compares_the_issue_methods():
     methods, sweep = study_runs("builtin:smollm2-cpu")
-    assert methods is SMOLLM2_METHODS and sweep == {}
+    assert methods is SMOLLM2_METHODS and list(sweep) == ["sent_k0.002_bl0.1_bh0.4"]  # the KL x10 at rho 0.8
+    assert "low_entropy_quantile" not in sweep["sent_k0.002_bl0.1_bh0.4"]
     assert {name: (m["mode"], m["curriculum"]) for name, m in methods.items()} == {
         "grpo": ("grpo", False), "sent": ("sent", True), "curriculum_only": ("grpo", True),
         "clip_cov": ("clip_cov", False), "sent_k0.002_bl0.1_bh0.4_rho0.95": ("sent", True)}  # fmt: skip
@@ -252,18 +253,17 @@ def test_token_set_report_by_hand():
     assert "`' \\|'` 3" in text and "[correct] 7 + 5 = «12»⏎" in text  # a pipe cannot break the table
 
 
-def test_the_smollm2_report_has_no_sweep_and_shows_token_sets_and_paired_differences(tmp_path):
-    for method, avg in [("grpo", 0.5), ("sent", 0.6)]:
+def test_the_smollm2_report_shows_token_sets_and_paired_differences(tmp_path):
+    for method, avg in [("grpo", 0.5), ("sent", 0.6), ("sent_k0.002_bl0.1_bh0.4", 0.7)]:
         path = tmp_path / "runs" / method / "seed0" / "result.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({**fake_result(method, 0, avg), "token_sets": token_set_result(7, 1, 2)}))
-    text = report(tmp_path, [0], "builtin:smollm2-cpu")
-    assert "sweep" not in text and not (tmp_path / "sweep.md").exists()
     base = {"method": "base", "runs": [{**fake_result("base", 0, 0.25), "token_sets": token_set_result(7, 1, 2)}]}
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "result.json").write_text(json.dumps(base))
-    text = report(tmp_path, [0], "builtin:smollm2-cpu")
+    report(tmp_path, [0], "builtin:smollm2-cpu")
     paired = (tmp_path / "paired.md").read_text()
+    assert "| sent_k0.002_bl0.1_bh0.4 | 0 | +10.0 [+10.0] |" in (tmp_path / "sweep_paired.md").read_text()
     assert "| sent | 0 | +10.0 [+10.0] |" in paired and "| sent | 0 | +35.0 [+35.0] |" in paired  # minus grpo, base
     assert "| sent | T_hc | 10.0 |" in (tmp_path / "token_sets.md").read_text()
     assert (tmp_path / "pass_at_k.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "entropy_bands.png").exists()

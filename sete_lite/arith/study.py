@@ -116,6 +116,8 @@ SMOLLM2_METHODS: dict[str, dict[str, Any]] = {
     **{name: METHODS[name] for name in ("grpo", "sent", "curriculum_only", "clip_cov")},
     "sent_k0.002_bl0.1_bh0.4_rho0.95": SUMS_SWEEP["sent_k0.002_bl0.1_bh0.4_rho0.95"],
 }
+# Which of the two changes of that point does what on the real model: the KL scale x10 at the default rho.
+SMOLLM2_SWEEP: dict[str, dict[str, Any]] = {"sent_k0.002_bl0.1_bh0.4": SWEEP["sent_k0.002_bl0.1_bh0.4"]}
 # Every run name the studies know, with its overrides (a name means the same settings in every study).
 ALL_RUNS: dict[str, dict[str, Any]] = {**METHODS, **SWEEP, **SUMS_METHODS, **SUMS_SWEEP}
 TRAJECTORY_PROBLEMS = 32  # the held-out entropy trajectory: the first 32 held-out problems ...
@@ -126,15 +128,15 @@ LOW_ENTROPY_QUANTILE = 0.8  # T_low = the lowest 80% of tokens by entropy, as in
 
 
 def study_runs(config: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(methods, sweep) of the study of a config: the sums task's, SmolLM2's (no sweep), or the arithmetic
-    task's for any other."""
+    """(methods, sweep) of the study of a config: the sums task's, SmolLM2's, or the arithmetic task's for
+    any other."""
     from sete_lite.builtins import resolve_builtin
 
     path = Path(resolve_builtin(str(config))).resolve()
     if path == SUMS_CONFIG.resolve():
         return SUMS_METHODS, SUMS_SWEEP
     if path == SMOLLM2_CONFIG.resolve():
-        return SMOLLM2_METHODS, {}
+        return SMOLLM2_METHODS, SMOLLM2_SWEEP
     return METHODS, SWEEP
 
 
