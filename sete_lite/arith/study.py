@@ -937,11 +937,10 @@ def plot_entropy_bands(
 
 
 def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> str:
-    """Write table.md, sweep.md (a study with a sweep), summary.json and curves PNGs in `out` from the
-    result files; for a study whose runs measured held-out trajectories or SENT's token sets also
+    """Write table.md, summary.json and curves PNGs in `out` from the result files, and sweep.md once a
+    sweep point has run; for a study whose runs measured held-out trajectories or SENT's token sets also
     paired.md, stage_dip.md, pass_at_k.md, pass_at_k.png, heldout.png, entropy_bands.png (trajectories),
-    token_sets.md
-    (token sets) and sweep_paired.md once a sweep point has run."""
+    token_sets.md (token sets) and sweep_paired.md (once a sweep point has run)."""
     study_methods, study_sweep = study_runs(config)
     base_path = out / "base" / "result.json"
     base = json.loads(base_path.read_text()) if base_path.exists() else None
@@ -950,7 +949,7 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
     text = table(methods, base)
     sweep_text = table(sweep, None)
     write_text(out / "table.md", text)
-    if study_sweep:
+    if any(sweep.values()):
         write_text(out / "sweep.md", sweep_text)
     switches = stage_switches(methods, config)
     plot_curves(methods, out / "curves.png", switches)
@@ -958,7 +957,7 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
     for group, curriculum in (("curriculum", True), ("shuffled", False)):
         runs = {name: r for name, r in methods.items() if study_methods[name]["curriculum"] is curriculum}
         plot_curves(runs, out / f"curves_{group}.png", stage_switches(runs, config) if curriculum else [])
-    if study_sweep:
+    if any(sweep.values()):
         plot_curves(sweep, out / "sweep_curves.png", stage_switches(sweep, config))
     extra = ""
     trajectories = any(runs and "heldout_curve" in runs[0] for runs in methods.values())
@@ -999,7 +998,7 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
         if runs
     }
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return text + ("\nsweep (SENT coefficients)\n" + sweep_text if study_sweep else "") + extra
+    return text + ("\nsweep (SENT coefficients)\n" + sweep_text if any(sweep.values()) else "") + extra
 
 
 # ----------------------------------------------------------------------------------------------
