@@ -208,7 +208,9 @@ def test_itertools_orders_match_the_solution_count():
 
 def test_the_study_picks_the_sums_runs_and_evaluation_from_the_config():
     from sete_lite.arith import DEFAULT_CONFIG
-    from sete_lite.arith.study import METHODS, SUMS_METHODS, SUMS_SWEEP, SWEEP, eval_settings, study_runs
+    from sete_lite.arith.study import METHODS, SUMS_METHODS, SUMS_SWEEP, SWEEP, study_runs
+    from sete_lite.builtins import resolve_builtin
+    from sete_lite.train import parse_train_config
 
     assert study_runs("builtin:sums-cpu") == (SUMS_METHODS, SUMS_SWEEP)
     assert study_runs(SUMS_CONFIG) == (SUMS_METHODS, SUMS_SWEEP)
@@ -216,9 +218,9 @@ def test_the_study_picks_the_sums_runs_and_evaluation_from_the_config():
     assert set(SWEEP) <= set(SUMS_SWEEP) and set(METHODS) - {"kl_cov"} <= set(SUMS_METHODS)
     assert "kl_cov" not in SUMS_METHODS  # on-policy it is grpo, run for run
     assert SUMS_METHODS["sent_code_2_steps_per_batch"]["mode"] == "sent_code"
-    settings = eval_settings("builtin:sums-cpu")
-    assert settings["path"] == str(SUMS_TEST_SPLIT) and settings["num_samples"] == 16
-    assert settings["k"] == [1, 2, 4, 8, 16]
+    evaluation = parse_train_config("builtin:sums-cpu", []).eval  # what the study's measure samples with
+    assert resolve_builtin(evaluation.eval_benchmarks[0]) == str(SUMS_TEST_SPLIT) and evaluation.eval_num_samples == 16
+    assert evaluation.eval_k == [1, 2, 4, 8, 16]
 
 
 def test_path_statistics_by_hand():

@@ -140,23 +140,6 @@ def study_runs(config: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str,
     return METHODS, SWEEP
 
 
-def eval_settings(config: str | Path) -> dict[str, Any]:
-    """The held-out split (a local path), n and the k of Pass@k, and the length cap, from a config."""
-    from sete_lite.builtins import resolve_builtin
-    from sete_lite.config import read_values
-
-    values = read_values(resolve_builtin(str(config)))
-    benchmarks = values.get("eval_benchmarks", ["builtin:arith-test"])
-    benchmarks = [benchmarks] if isinstance(benchmarks, str) else benchmarks
-    n = values.get("eval_num_samples", 8)
-    return {
-        "path": resolve_builtin(benchmarks[0]),
-        "num_samples": n,
-        "k": sorted({1, n, *values.get("eval_k", [])}),
-        "max_tokens": values.get("eval_max_tokens", 64),
-    }
-
-
 # ----------------------------------------------------------------------------------------------
 # One run
 
