@@ -930,9 +930,10 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
     methods = load_results(out, list(study_methods))
     sweep = load_results(out, list(study_sweep))
     text = table(methods, base)
-    sweep_text = table(sweep, None)
+    swept = any(sweep.values())
+    sweep_text = table(sweep, None) if swept else ""
     write_text(out / "table.md", text)
-    if any(sweep.values()):
+    if swept:
         write_text(out / "sweep.md", sweep_text)
     switches = stage_switches(methods, config)
     plot_curves(methods, out / "curves.png", switches)
@@ -940,7 +941,7 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
     for group, curriculum in (("curriculum", True), ("shuffled", False)):
         runs = {name: r for name, r in methods.items() if study_methods[name]["curriculum"] is curriculum}
         plot_curves(runs, out / f"curves_{group}.png", stage_switches(runs, config) if curriculum else [])
-    if any(sweep.values()):
+    if swept:
         plot_curves(sweep, out / "sweep_curves.png", stage_switches(sweep, config))
     extra = ""
     trajectories = any(runs and "heldout_curve" in runs[0] for runs in methods.values())
@@ -966,7 +967,7 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
         write_text(out / "pass_at_k.md", pass_at_k_table(methods, base))
         if token_text := token_set_report(methods, base):
             write_text(out / "token_sets.md", token_text)
-        if any(sweep.values()):
+        if swept:
             # A sweep point against the default coefficients and against GRPO, seed by seed: the evidence a
             # change of LossConfig's defaults needs.
             sweep_paired = "\n".join(
@@ -981,7 +982,7 @@ def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> 
         if runs
     }
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return text + ("\nsweep (SENT coefficients)\n" + sweep_text if any(sweep.values()) else "") + extra
+    return text + ("\nsweep (SENT coefficients)\n" + sweep_text if swept else "") + extra
 
 
 # ----------------------------------------------------------------------------------------------
