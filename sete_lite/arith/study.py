@@ -580,6 +580,14 @@ def largest_k(result: dict[str, Any]) -> int:
     return max(int(key[5:]) for key in result if key.startswith("pass@"))
 
 
+def policy_rows(
+    results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None, base_label: str = "base (no RL)"
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The policies a report shows, in order: the base (when it was measured) under `base_label`, then
+    every method with at least one finished run."""
+    return ([(base_label, base["runs"])] if base else []) + [(name, runs) for name, runs in results.items() if runs]
+
+
 def table(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None) -> str:
     """A markdown table in percent (accuracy) and nats (entropy, KL), mean ± std over seeds."""
     first = next((runs[0] for runs in results.values() if runs), base["runs"][0] if base else {"avg@8": 0, "pass@8": 0})
@@ -599,9 +607,7 @@ def table(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None)
     if paths:
         header += ["entropy at forks", "entropy at forced positions", "distinct correct paths / problem"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    rows = [("base (no RL)", base["runs"])] if base else []
-    rows += [(name, runs) for name, runs in results.items() if runs]
-    for name, runs in rows:
+    for name, runs in policy_rows(results, base):
         trained = "curves" in runs[0]
         cells = [
             name,
@@ -757,8 +763,7 @@ def token_set_report(results: dict[str, list[dict[str, Any]]], base: dict[str, A
     """SENT's token sets on the held-out samples (token_sets), as markdown: per policy and set, its share
     of the tokens, mean entropy and token kinds (mean over seeds); then, for the first seed, each set's
     most frequent tokens and `examples` samples with T_hc tokens «marked» and free ones ⟨marked⟩."""
-    rows = ([("base (no RL)", base["runs"])] if base else []) + [(name, runs) for name, runs in results.items() if runs]
-    rows = [(name, runs) for name, runs in rows if "token_sets" in runs[0]]
+    rows = [(name, runs) for name, runs in policy_rows(results, base) if "token_sets" in runs[0]]
     if not rows:
         return ""
     header = ["policy", "set", "share of tokens (%)", "mean entropy (nats)", *(f"{kind} (%)" for kind in TOKEN_KINDS)]
@@ -792,7 +797,7 @@ def token_set_report(results: dict[str, list[dict[str, Any]]], base: dict[str, A
 
 def pass_at_k_table(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None) -> str:
     """A markdown table of Pass@k (%) for every k measured, mean ± std over seeds, base first."""
-    rows = ([("base (no RL)", base["runs"])] if base else []) + [(name, runs) for name, runs in results.items() if runs]
+    rows = policy_rows(results, base)
     if not rows:
         return ""
     ks = sorted(int(key[5:]) for key in rows[0][1][0] if key.startswith("pass@"))
@@ -811,9 +816,8 @@ def plot_pass_at_k(results: dict[str, list[dict[str, Any]]], base: dict[str, Any
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = ([("base (no RL)", base["runs"])] if base else []) + [
-        (name, results[name]) for name in ("grpo", "sent", "sent_k0.002_bl0.1_bh0.4_rho0.95") if results.get(name)
-    ]
+    shown = ("grpo", "sent", "sent_k0.002_bl0.1_bh0.4_rho0.95")
+    groups = policy_rows({name: results.get(name, []) for name in shown}, base)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, runs in groups:
         ks = sorted(int(key[5:]) for key in runs[0] if key.startswith("pass@"))
@@ -841,7 +845,7 @@ def plot_heldout(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] 
     largest k, token entropy and KL to the reference; bars at the mean over seeds, dots at each seed."""
     from sete_lite.plots import plt, save
 
-    groups = ([("base", base["runs"])] if base else []) + [(name, runs) for name, runs in results.items() if runs]
+    groups = policy_rows(results, base, base_label="base")
     first = groups[0][1][0]
     n, k = sample_count(first), largest_k(first)
     panels = [(f"avg@{n}", 100, f"Avg@{n} (%)"), (f"pass@{k}", 100, f"Pass@{k} (%)"),
