@@ -108,13 +108,14 @@ def plot_heldout(evaluations: Sequence[tuple[str, dict]], out_dir: str | Path) -
     return save(fig, Path(out_dir) / "heldout.png")
 
 
-def save(fig, path: Path) -> Path:
+def save(fig, path: Path, dpi: int = 120) -> Path:
     """Write a figure whole or not at all, and close it: a temporary file of this call's own, then a
     rename. Two writers may draw the same plot at once (a training run and a notebook's live curves)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(handle)
     try:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     finally:
         plt.close(fig)

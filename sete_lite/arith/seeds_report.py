@@ -137,10 +137,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def plot_curves(results: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sete_lite.plots import plt, save
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
     for ax, (key, label) in zip(axes, CURVES.items(), strict=True):
@@ -158,9 +155,7 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def report(out: Path) -> str:

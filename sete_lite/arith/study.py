@@ -653,10 +653,7 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path, stage_swit
     smoothed by a trailing average over SMOOTHING steps (a quarter of the run for a run shorter than
     4 x SMOOTHING). Dotted lines mark the curriculum's stage switches.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sete_lite.plots import plt, save
 
     panels = [
         ("entropy", "mean token entropy (nats)"),
@@ -684,10 +681,7 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path, stage_swit
         axes[0].legend(fontsize=8)
     fig.suptitle(f"mean over seeds, {window}-step moving average")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def stage_switches(results: dict[str, list[dict[str, Any]]], config: str | Path = DEFAULT_CONFIG) -> list[int]:
@@ -811,10 +805,7 @@ def pass_at_k_table(results: dict[str, list[dict[str, Any]]], base: dict[str, An
 def plot_pass_at_k(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None, path: Path) -> Path:
     """Pass@k against k (log scale) for the base, GRPO and SENT (and SENT at rho 0.95 where it is one of
     the methods): mean over seeds, bars at min and max."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sete_lite.plots import plt, save
 
     shown = ("grpo", "sent", "sent_k0.002_bl0.1_bh0.4_rho0.95")
     groups = policy_rows({name: results.get(name, []) for name in shown}, base)
@@ -834,10 +825,7 @@ def plot_pass_at_k(results: dict[str, list[dict[str, Any]]], base: dict[str, Any
     ax.legend()
     ax.set_title("Pass@k: mean over seeds, bars at min and max")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def plot_heldout(results: dict[str, list[dict[str, Any]]], base: dict[str, Any] | None, path: Path) -> Path:
@@ -871,10 +859,7 @@ def plot_entropy_bands(
     entropy (from the kept checkpoints, heldout_curve) as the mean over seeds with a band from the
     lowest to the highest seed, and the training batches' entropy (SMOOTHING-step moving average, mean
     over seeds) dashed. The dotted line marks the curriculum's stage switch (curriculum methods)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sete_lite.plots import plt, save
 
     names = [name for name, runs in results.items() if runs and "heldout_curve" in runs[0]]
     columns = 4
@@ -917,10 +902,7 @@ def plot_entropy_bands(
     fig.suptitle("held-out token entropy (solid: mean over seeds, band: lowest to highest seed) and training "
                  f"batches' entropy (dashed, {SMOOTHING}-step average); grey: GRPO; dotted: stage switch")  # fmt: skip
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=100)
 
 
 def report(out: Path, seeds: list[int], config: str | Path = DEFAULT_CONFIG) -> str:
